@@ -1,0 +1,10 @@
+"""NumPy oracle of Representative Batch Normalization (Gao et al., CVPR 2021).
+
+Plain NumPy in float64, forward and hand-derived backward of Eq. 12 (docs/math.md).
+Importing this package never imports a deep-learning framework.
+"""
+
+from .rbn import PARAM_NAMES, STATE_NAMES, Cache, backward, forward
+from .statistics import STATISTICS, check_statistic
+
+__all__ = ["forward", "backward", "Cache", "STATISTICS", "check_statistic", "PARAM_NAMES", "STATE_NAMES"]

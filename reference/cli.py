@@ -1,0 +1,142 @@
+"""The ``rbn`` command."""
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from typing import NamedTuple, Optional
+
+from . import parity
+from .files import atomic_output
+
+# Import order torch, mindspore, jittor: the other orders print a harmless Cell.__del__
+# message at exit (shared/notes/frameworks.md).
+FRAMEWORKS = {"torch": "rbn_torch.parity", "mindspore": "rbn_mindspore.parity", "jittor": "rbn_jittor.parity"}
+FRAMEWORK_GROUPS = ("forward (train)", "forward (eval)", "grad x", "grads of parameters", "running statistics")
+REFERENCE_GROUPS = ("grad x (finite diff)", "grads of parameters (finite diff)")
+
+
+class Row(NamedTuple):
+    framework: str
+    version: str
+    check: str
+    dtype: str
+    cases: int
+    max_abs: Optional[float]  # None where nothing was compared
+    max_rel: Optional[float]
+    status: str  # PASS, FAIL, not installed, not supported
+    detail: str
+
+
+def summarize(framework, version, checks, groups, dtypes):
+    """One row per (check group, dtype): the worst error over every case."""
+    rows = []
+    for group in groups:
+        for dtype in dtypes:
+            selected = [check for check in checks if check.group == group and check.dtype == dtype]
+            if not selected:
+                continue
+            failed = [check for check in selected if not check.passed]
+            cases = len({check.name.split(" ")[0] for check in selected})
+            rows.append(Row(framework, version, group, dtype, cases,
+                            max(check.max_abs for check in selected), max(check.max_rel for check in selected),
+                            "FAIL" if failed else "PASS", str(failed[0]) if failed else ""))
+    return rows
+
+
+def reference_rows():
+    """The oracle's self-check: analytic backward against central differences."""
+    checks = [check for case in parity.CASES for mode in parity.MODES
+              for check in parity.finite_difference_checks(case, mode == "train")]
+    import numpy
+
+    return summarize("reference", f"numpy {numpy.__version__}", checks, REFERENCE_GROUPS, ("float64",))
+
+
+def framework_rows(framework, dtypes):
+    if importlib.util.find_spec(framework) is None:
+        return [Row(framework, "", "-", "-", 0, None, None, "not installed", "")]
+    adapter = importlib.import_module(FRAMEWORKS[framework])
+    checks, unsupported = [], []
+    for dtype in dtypes:
+        for mode in parity.MODES:
+            for case in parity.CASES:
+                try:
+                    checks += parity.check_case(adapter.run_module, case, dtype, mode == "train")
+                except parity.NotSupported as reason:
+                    unsupported.append(f"{case.id} {mode} {dtype}: {reason}")
+    rows = summarize(framework, adapter.version(), checks, FRAMEWORK_GROUPS, dtypes)
+    if unsupported:
+        rows.append(Row(framework, adapter.version(), "not supported", "-", len(unsupported),
+                        None, None, "not supported", "; ".join(unsupported)))
+    return rows
+
+
+def json_row(row):
+    """A row as JSON can hold it: an infinite error (a shape or dtype mismatch) becomes null."""
+    finite = lambda value: value if value is not None and math.isfinite(value) else None  # noqa: E731
+    return {**row._asdict(), "max_abs": finite(row.max_abs), "max_rel": finite(row.max_rel)}
+
+
+def format_table(rows):
+    header = ("framework", "version", "check", "dtype", "cases", "max abs err", "max rel err", "status")
+    lines = [header]
+    for row in rows:
+        errors = ("-", "-") if row.max_abs is None else (f"{row.max_abs:.2e}", f"{row.max_rel:.2e}")
+        lines.append((row.framework, row.version, row.check, row.dtype, str(row.cases), *errors, row.status))
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    details = [f"{row.framework} {row.check} [{row.dtype}]: {row.detail}" for row in rows if row.detail]
+    return "\n".join(text + ([""] + details if details else []))
+
+
+def run_parity(args):
+    rows = reference_rows()
+    for framework in args.framework or FRAMEWORKS:
+        print(f"rbn parity: checking {framework} ...", file=sys.stderr, flush=True)
+        try:
+            rows += framework_rows(framework, args.dtype or parity.DTYPES)
+        except Exception as error:  # a broken framework is a FAIL row, not a crash of the report
+            rows.append(Row(framework, "", "-", "-", 0, None, None, "FAIL", f"{type(error).__name__}: {error}"))
+    if args.json is None:
+        print(format_table(rows))
+    else:
+        text = json.dumps([json_row(row) for row in rows], indent=2, allow_nan=False)
+        if args.json == "-":
+            print(text)
+        else:
+            with atomic_output(args.json, force=True) as path, open(path, "w") as stream:
+                stream.write(text + "\n")
+    failed = [row for row in rows if row.status == "FAIL"]
+    print(f"rbn parity: {len(rows) - len(failed)} rows passed or not applicable, {len(failed)} failed",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="rbn", description=__doc__.strip() + " Representative BatchNorm tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    parity_parser = commands.add_parser(
+        "parity", help="check every installed framework against the NumPy oracle",
+        description="Run the seeded parity cases through each installed framework's RepresentativeBatchNorm "
+                    "and compare outputs, gradients and running statistics with the NumPy oracle.")
+    parity_parser.add_argument("--framework", action="append", choices=list(FRAMEWORKS),
+                               help="only this framework (repeatable); default: all")
+    parity_parser.add_argument("--dtype", action="append", choices=list(parity.DTYPES),
+                               help="only this dtype (repeatable); default: all")
+    parity_parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                               help="write the rows as JSON to PATH (atomically), or to stdout without PATH")
+    parity_parser.set_defaults(handler=run_parity)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

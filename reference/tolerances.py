@@ -1,0 +1,59 @@
+"""The one tolerance table of the project, keyed by dtype (tests re-export it from tests/).
+
+An array passes when ``max|got - want| <= atol + rtol * max|want|``: a norm-wise bound, so
+that an element that happens to sit near zero (a gradient after the cancellation in
+BatchNorm's backward, say) is judged against the scale of its array and not against itself.
+
+Why these numbers:
+- float64: the frameworks and the oracle do the same arithmetic in a different order; sums
+  over at most ~10^3 elements lose a few ulps (2.2e-16 each), times the condition of
+  BatchNorm's backward (~10 for the seeded cases). 1e-10 leaves two orders of headroom and
+  still catches any algebraic slip (those show up at 1e-3 or worse).
+- float32: eps is 1.2e-7; the same reasoning gives ~1e-5, and the sigmoid gate, the
+  instance statistics and the reductions of the backward (each a sum over the batch) stack a
+  few of those. 1e-4 is the bound, with atol for arrays that are all ~0.
+- The input's offset: rounding the batch mean of an input with mean ``m`` and std ``s`` to
+  the dtype costs ``eps * |m|`` absolutely, i.e. ``eps * |m| / s`` relative after
+  standardization, however stable the variance kernel is. ``tolerance(dtype, offset_ratio)``
+  adds that term (times 8 for the pairwise sums behind it). At m/s = 1e4 in float32 that is
+  ~1e-2, while the unstable ``E[x^2] - E[x]^2`` is off by O(1) there: still caught.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Tolerance(NamedTuple):
+    rtol: float
+    atol: float
+
+
+TOLERANCES = {
+    "float64": Tolerance(rtol=1e-10, atol=1e-12),
+    "float32": Tolerance(rtol=1e-4, atol=1e-6),
+}
+
+# Finite differences of the float64 oracle. A central difference with step h has a
+# truncation error ~h^2 |f'''| (~1e-12 here) and a rounding error ~eps |f| / h: it is the
+# objective's magnitude, not the gradient's, that sets the noise floor. The analytic
+# backward must agree to 1e-6 relative above that floor.
+FINITE_DIFFERENCE_STEP = 1e-6
+FINITE_DIFFERENCE_RTOL = 1e-6
+FINITE_DIFFERENCE_ROUNDING_FACTOR = 8
+
+OFFSET_ROUNDING_FACTOR = 8
+
+
+def tolerance(dtype, offset_ratio=0.0):
+    """The tolerance for ``dtype``, widened for inputs whose mean is ``offset_ratio`` stds from 0."""
+    name = np.dtype(dtype).name
+    base = TOLERANCES[name]
+    rounding = OFFSET_ROUNDING_FACTOR * np.finfo(name).eps * offset_ratio
+    return Tolerance(rtol=base.rtol + rounding, atol=base.atol)
+
+
+def finite_difference_tolerance(objective_magnitude):
+    """The tolerance of a float64 central difference of an objective of this magnitude."""
+    noise = FINITE_DIFFERENCE_ROUNDING_FACTOR * np.finfo(np.float64).eps * objective_magnitude / FINITE_DIFFERENCE_STEP
+    return Tolerance(rtol=FINITE_DIFFERENCE_RTOL, atol=noise)

@@ -1,0 +1,121 @@
+"""The shared parity harness and `rbn parity` catch what they are there to catch."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rbn_reference import cli, parity
+from rbn_reference.parity import run_reference
+
+CASE = next(case for case in parity.CASES if case.id == "2d-mu_c-sigma_c")
+
+
+def faithful(x, params, state, dy, **kwargs):
+    """An adapter that computes in float64 and returns the input's dtype, as a framework would."""
+    result = run_reference(x, params, state, dy, **kwargs)
+    cast = lambda array: np.asarray(array).astype(x.dtype)  # noqa: E731
+    state = result["state"]
+    return {"y": cast(result["y"]), "grads": {k: cast(v) for k, v in result["grads"].items()},
+            "state": None if state is None else {k: v if k == "num_batches_tracked" else cast(v)
+                                                 for k, v in state.items()}}
+
+
+def broken(change):
+    def adapter(*args, **kwargs):
+        result = faithful(*args, **kwargs)
+        change(result)
+        return result
+    return adapter
+
+
+def perturb_y(result):
+    result["y"] = result["y"] * (1 + 1e-3)
+
+
+def drop_grad(result):
+    del result["grads"]["scale_bias"]
+
+
+def float32_y(result):
+    result["y"] = result["y"].astype(np.float32)
+
+
+def no_running_update(result):
+    result["state"]["num_batches_tracked"] = result["state"]["num_batches_tracked"] - 1
+
+
+@pytest.mark.parametrize("dtype", parity.DTYPES)
+@pytest.mark.parametrize("mode", parity.MODES)
+def test_faithful_adapter_passes(dtype, mode):
+    parity.assert_checks(parity.check_case(faithful, CASE, dtype, mode == "train"))
+
+
+@pytest.mark.parametrize("change, failing", [
+    (perturb_y, "y"), (drop_grad, "grad scale_bias"), (float32_y, "y"), (no_running_update, "num_batches_tracked"),
+])
+def test_each_kind_of_error_fails_with_its_worst_element(change, failing):
+    checks = parity.check_case(broken(change), CASE, "float64", True)
+    failed = [check for check in checks if not check.passed]
+    assert [check.name for check in failed] == [f"{CASE.id} train {failing}"]
+    with pytest.raises(AssertionError, match=f"{failing} \\[float64\\]: FAIL"):
+        parity.assert_checks(checks)
+
+
+def test_float32_accuracy_fails_the_float64_tolerance():
+    def rounded(x, params, state, dy, **kwargs):
+        result = faithful(x.astype(np.float32), params, state, dy, **kwargs)
+        result["y"] = result["y"].astype(np.float64)
+        return result
+    y_check = parity.check_case(rounded, CASE, "float64", True)[0]
+    assert y_check.name == f"{CASE.id} train y" and not y_check.passed
+    assert 1e-9 < y_check.max_rel < 1e-5 and "got" in y_check.detail
+
+
+def test_worst_element_is_reported_with_both_values():
+    def one_wrong(result):
+        result["grads"]["x"][1, 2, 3, 0] += 0.5
+    checks = parity.check_case(broken(one_wrong), CASE, "float64", False)
+    check = next(check for check in checks if not check.passed)
+    assert "worst at (1, 2, 3, 0)" in check.detail
+    assert check.max_abs == pytest.approx(0.5)
+
+
+@pytest.fixture
+def fake_frameworks(tmp_path, monkeypatch):
+    """Two adapters on numpy (installed) and one framework that is not installed."""
+    (tmp_path / "good_adapter.py").write_text(
+        "from test_parity_harness import faithful as run_module\nFRAMEWORK='good'\ndef version(): return '1.0'\n")
+    (tmp_path / "bad_adapter.py").write_text(
+        "from test_parity_harness import broken, perturb_y\nrun_module = broken(perturb_y)\n"
+        "FRAMEWORK='bad'\ndef version(): return '0.1'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "FRAMEWORKS", {"numpy": "good_adapter", "json": "bad_adapter",
+                                            "no_such_framework_here": "x"})
+    monkeypatch.setattr(cli, "reference_rows", lambda: [])  # the oracle's own rows are tested above
+    monkeypatch.setattr(parity, "CASES", (CASE,))
+
+
+def test_cli_reports_pass_fail_and_not_installed(fake_frameworks, capsys):
+    assert cli.main(["parity", "--framework", "numpy", "--framework", "no_such_framework_here"]) == 0
+    table = capsys.readouterr().out
+    assert "not installed" in table
+    for group in cli.FRAMEWORK_GROUPS:
+        assert any(group in line and "PASS" in line and "float32" in line for line in table.splitlines())
+    assert cli.main(["parity", "--framework", "json"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_cli_json_is_written_atomically(fake_frameworks, tmp_path, capsys):
+    target = tmp_path / "report.json"
+    assert cli.main(["parity", "--framework", "numpy", "--dtype", "float64", "--json", str(target)]) == 0
+    rows = json.loads(target.read_text())
+    assert {row["check"] for row in rows} == set(cli.FRAMEWORK_GROUPS)
+    assert all(row["status"] == "PASS" and row["dtype"] == "float64" for row in rows)
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".report")] == []
+
+
+def test_reference_rows_are_the_finite_difference_self_check():
+    rows = cli.reference_rows()
+    assert [row.check for row in rows] == list(cli.REFERENCE_GROUPS)
+    assert all(row.status == "PASS" and row.max_rel < 1e-6 for row in rows)

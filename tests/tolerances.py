@@ -1,0 +1,8 @@
+"""The tests' tolerance table: the one in rbn_reference.tolerances (see its reasoning).
+
+It lives in the package because ``rbn parity`` judges PASS/FAIL with the same numbers.
+"""
+
+from rbn_reference.tolerances import TOLERANCES, Tolerance, finite_difference_tolerance, tolerance
+
+__all__ = ["TOLERANCES", "Tolerance", "finite_difference_tolerance", "tolerance"]
