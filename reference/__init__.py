@@ -5,6 +5,8 @@ Importing this package never imports a deep-learning framework.
 """
 
 from .rbn import PARAM_NAMES, STATE_NAMES, Cache, backward, forward
-from .statistics import STATISTICS, check_statistic
+from .statistics import STATISTICS
+from .validation import check_channel_vectors, check_input, check_pairs, check_statistic
 
-__all__ = ["forward", "backward", "Cache", "STATISTICS", "check_statistic", "PARAM_NAMES", "STATE_NAMES"]
+__all__ = ["forward", "backward", "Cache", "STATISTICS", "PARAM_NAMES", "STATE_NAMES",
+           "check_input", "check_channel_vectors", "check_pairs", "check_statistic"]

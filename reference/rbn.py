@@ -9,12 +9,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .statistics import check_statistic, instance_statistic, instance_statistic_backward
+from .statistics import instance_statistic, instance_statistic_backward
+from .validation import check_channel_vectors, check_input, check_pairs, check_statistic
 
 PARAM_NAMES = ("weight", "bias", "center_weight", "scale_weight", "scale_bias")
 STATE_NAMES = ("running_mean", "running_var", "num_batches_tracked")
-# Parameters that only make sense together: one without the other is a caller's mistake.
-PARAM_PAIRS = (("weight", "bias"), ("scale_weight", "scale_bias"))
 
 
 class Cache(NamedTuple):
@@ -148,32 +147,21 @@ def update_running_stats(state, mean, var, count, momentum):
 
 
 def check_inputs(x, params, state, centering_stat, scaling_stat, uses_batch_statistics):
-    """Raise ``ValueError`` naming expected vs given for anything the layer cannot take."""
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"expected a floating-point input (got {x.dtype})")
-    if not 2 <= x.ndim <= 5:
-        raise ValueError(f"expected 2D to 5D input (got {x.ndim}D input)")
+    """Raise naming expected vs given for anything the layer cannot take."""
+    check_input(x.shape, x.dtype, np.issubdtype(x.dtype, np.floating), uses_batch_statistics=uses_batch_statistics)
     check_statistic("centering_stat", centering_stat)
     check_statistic("scaling_stat", scaling_stat)
-    channels = x.shape[1]
     unknown = sorted(set(params) - set(PARAM_NAMES))
     if unknown:
         raise ValueError(f"params may only have keys {', '.join(PARAM_NAMES)} (got {', '.join(unknown)})")
-    for first, second in PARAM_PAIRS:
-        if (params.get(first) is None) != (params.get(second) is None):
-            raise ValueError(f"params {first!r} and {second!r} must be given together or not at all")
-    vectors = dict(params)
+    check_pairs({name: name in params for name in PARAM_NAMES})
+    shapes = {name: np.shape(value) for name, value in params.items()}
     if state is not None:
         missing = [name for name in STATE_NAMES if name not in state]
         if missing:
             raise ValueError(f"state is missing {', '.join(missing)}")
-        vectors.update(running_mean=state["running_mean"], running_var=state["running_var"])
-    for name, value in vectors.items():
-        if value is not None and np.shape(value) != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},) for an input with {channels} channels (got {np.shape(value)})")
-    values_per_channel = x.size // channels
-    if uses_batch_statistics and values_per_channel == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        shapes.update(running_mean=np.shape(state["running_mean"]), running_var=np.shape(state["running_var"]))
+    check_channel_vectors(x.shape[1], shapes)
 
 
 # ----------------------------------------------------------------------------- Eq. 12

@@ -18,12 +18,6 @@ import numpy as np
 STATISTICS = ("mu_c", "sigma_c", "mu_s", "sigma_s")
 
 
-def check_statistic(argname, value):
-    """Raise ``ValueError`` unless ``value`` names one of the statistics of Table 3."""
-    if value not in STATISTICS:
-        raise ValueError(f"{argname} must be one of {', '.join(STATISTICS)} (got {value!r})")
-
-
 def reduction_axes(statistic, ndim):
     """Axes a statistic reduces over: the spatial dims for ``*_c``, the channel dim for ``*_s``."""
     if statistic.endswith("_c"):

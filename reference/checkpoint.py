@@ -1,0 +1,281 @@
+"""Checkpoints across frameworks: one neutral file format and conversions between all four.
+
+The neutral checkpoint is a safetensors file of arrays under canonical (PyTorch/torchvision)
+names, with string metadata: ``format`` ("rbn-neutral/1"), ``origin`` (the framework the
+weights came from), ``arch``, ``norm`` ("rbn" or "batchnorm"), ``centering_stat``,
+``scaling_stat``. Framework files are what each framework writes itself: a PyTorch state
+dict (``torch.save``), a Jittor ``jt.save`` pickle, a MindSpore ``save_checkpoint`` file.
+
+This module never imports a framework at import time: each framework's side lives in
+``rbn_<fw>.models.porting`` (read/write its files, map names, build/load/run a zoo model)
+and is imported when a conversion needs it.
+"""
+
+import importlib
+import importlib.util
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from .files import atomic_output
+from .parity import compare
+from .statistics import check_statistic
+from .tolerances import tolerance
+
+FORMATS = ("torch", "jittor", "mindspore", "neutral")
+FRAMEWORKS = ("torch", "mindspore", "jittor")  # import order that keeps exits quiet (frameworks.md)
+SUFFIXES = {"torch": (".pt", ".pth"), "jittor": (".pkl",), "mindspore": (".ckpt",), "neutral": (".safetensors",)}
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2")
+NEUTRAL_FORMAT = "rbn-neutral/1"
+RBN_PARAMS = ("center_weight", "scale_weight", "scale_bias")
+# The seeded batch of --verify: small enough for a CPU, large enough that every stage of
+# the networks above still has more than one value per channel in train mode.
+VERIFY_SHAPE = (2, 3, 64, 64)
+
+
+class CheckpointError(ValueError):
+    """Bad input: an unreadable file, an unknown format or architecture, mismatched keys."""
+
+
+class VerificationError(RuntimeError):
+    """The converted checkpoint does not compute the source's logits within tolerance."""
+
+    def __init__(self, checks):
+        self.checks = checks
+        super().__init__("verification failed:\n  " + "\n  ".join(str(c) for c in checks if not c.passed))
+
+
+class Checkpoint(NamedTuple):
+    arrays: dict  # canonical name -> np.ndarray
+    metadata: dict  # str -> str
+
+
+def adapter(framework):
+    """``rbn_<framework>.models.porting``, or a CheckpointError saying what is missing."""
+    try:
+        return importlib.import_module(f"rbn_{framework}.models.porting")
+    except ImportError as error:
+        raise CheckpointError(f"the {framework} format needs {framework}, which cannot be imported ({error})") from None
+
+
+def detect_format(path, fmt=None, *, writing=False):
+    """The format of ``path``: ``fmt`` if given (checked), else from the suffix."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if fmt is None:
+        matches = [name for name, suffixes in SUFFIXES.items() if suffix in suffixes]
+        if not matches:
+            known = ", ".join(f"{s} ({name})" for name, suffixes in SUFFIXES.items() for s in suffixes)
+            raise CheckpointError(f"cannot tell the format of {path} from its suffix (known: {known}); "
+                                  f"name it with --from/--to, one of {', '.join(FORMATS)}")
+        return matches[0]
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    # Writers pick their own layout from the suffix (jt.save writes PyTorch's for .pt,
+    # save_checkpoint appends .ckpt), so a written file must carry its format's suffix.
+    if writing and suffix not in SUFFIXES[fmt]:
+        raise CheckpointError(f"a {fmt} checkpoint must end with {' or '.join(SUFFIXES[fmt])} (got {path})")
+    return fmt
+
+
+def is_rbn(arrays):
+    return any(name.rpartition(".")[2] in RBN_PARAMS for name in arrays)
+
+
+def _norm_prefixes(arrays):
+    return {name.rpartition(".")[0] for name in arrays
+            if name.rpartition(".")[2] in ("running_mean",) + RBN_PARAMS}
+
+
+def canonicalize(arrays):
+    """Check dtypes and undo layout differences; raise CheckpointError listing every bad array.
+
+    Every array must be floating point except ``num_batches_tracked`` (an integer count). The
+    authors' RBN code stores a norm layer's parameters as (1, C, 1, 1): they become (C,).
+    """
+    bad = [f"{name} ({array.dtype})" for name, array in arrays.items()
+           if not (np.issubdtype(array.dtype, np.integer) if name.endswith("num_batches_tracked")
+                   else np.issubdtype(array.dtype, np.floating))]
+    if bad:
+        raise CheckpointError("expected floating-point arrays (integer num_batches_tracked); got " + ", ".join(bad))
+    norm_prefixes = _norm_prefixes(arrays)
+    return {name: array.reshape(-1) if name.rpartition(".")[0] in norm_prefixes and array.ndim == 4
+            and array.shape[0] == array.shape[2] == array.shape[3] == 1 else array
+            for name, array in arrays.items()}
+
+
+def read_checkpoint(path, fmt=None):
+    """Read any supported file into a Checkpoint under canonical names."""
+    fmt = detect_format(path, fmt)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no such file: {path}")
+    try:
+        if fmt == "neutral":
+            from safetensors import safe_open
+            from safetensors.numpy import load_file
+
+            with safe_open(path, "np") as handle:
+                metadata = dict(handle.metadata() or {})
+            arrays = load_file(path)
+        else:
+            metadata = {"origin": fmt}
+            porting = adapter(fmt)
+            arrays = porting.to_canonical(porting.read(path))
+    except CheckpointError:
+        raise
+    except Exception as error:  # each reader has its own exceptions for a corrupt or truncated file
+        raise CheckpointError(f"cannot read {path} as a {fmt} checkpoint: {type(error).__name__}: {error}") from None
+    if not arrays:
+        raise CheckpointError(f"{path} holds no arrays")
+    return Checkpoint(canonicalize(arrays), metadata)
+
+
+def write_checkpoint(path, checkpoint, fmt=None):
+    """Write ``checkpoint`` to ``path`` as is (callers make it atomic, see ``convert``)."""
+    fmt = detect_format(path, fmt, writing=True)
+    arrays = {name: np.ascontiguousarray(array) for name, array in checkpoint.arrays.items()}
+    if fmt == "neutral":
+        from safetensors.numpy import save_file
+
+        save_file(arrays, path, metadata={"format": NEUTRAL_FORMAT, **checkpoint.metadata})
+    else:
+        porting = adapter(fmt)
+        porting.write(path, porting.from_canonical(arrays))
+
+
+def batchnorm_to_rbn(arrays):
+    """Give every BatchNorm layer RBN parameters that keep its output (``preserve_output``).
+
+    With ``center_weight = scale_weight = 0`` the gate is the constant ``sigmoid(scale_bias)``
+    (``scale_bias = 1``, the init), so dividing ``weight`` by it gives back BatchNorm's output
+    in train and eval mode alike. Layers that already are RBN are left alone.
+    """
+    arrays = dict(arrays)
+    for prefix in sorted(_norm_prefixes(arrays)):
+        if f"{prefix}.center_weight" in arrays:
+            continue
+        mean = arrays[f"{prefix}.running_mean"]
+        gate = 1.0 / (1.0 + np.exp(-1.0))
+        weight = arrays.get(f"{prefix}.weight", np.ones_like(mean))
+        arrays[f"{prefix}.weight"] = (weight / gate).astype(weight.dtype)
+        arrays.setdefault(f"{prefix}.bias", np.zeros_like(mean))
+        arrays[f"{prefix}.center_weight"] = np.zeros_like(mean)
+        arrays[f"{prefix}.scale_weight"] = np.zeros_like(mean)
+        arrays[f"{prefix}.scale_bias"] = np.ones_like(mean)
+    return arrays
+
+
+def num_classes(arrays):
+    for name in ("fc.bias", "classifier.1.bias"):
+        if name in arrays:
+            return int(arrays[name].shape[0])
+    raise CheckpointError("cannot find the classifier (fc.bias or classifier.1.bias) to size the model")
+
+
+def _framework_of(fmt):
+    """The framework that stands for ``fmt``: itself, or for a neutral file the first installed."""
+    if fmt != "neutral":
+        return fmt
+    for framework in FRAMEWORKS:
+        if importlib.util.find_spec(framework) is not None:
+            return framework
+    raise CheckpointError("checking a neutral checkpoint needs one of torch, mindspore, jittor installed")
+
+
+def build_model(framework, checkpoint, arch):
+    """Build ``arch`` in ``framework`` to match ``checkpoint`` and load it strictly."""
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    porting = adapter(framework)
+    metadata = checkpoint.metadata
+    options = dict(centering_stat=metadata.get("centering_stat", "mu_c"),
+                   scaling_stat=metadata.get("scaling_stat", "mu_c"))
+    model = porting.build(arch, num_classes(checkpoint.arrays), batchnorm=not is_rbn(checkpoint.arrays), **options)
+    # num_batches_tracked is optional on both sides: Jittor's BatchNorm has none, and a
+    # checkpoint from Jittor gives none to the others.
+    expected = porting.state(model)
+    arrays = {name: array for name, array in checkpoint.arrays.items()
+              if name in expected or not name.endswith("num_batches_tracked")}
+    arrays.update({name: array for name, array in expected.items()
+                   if name.endswith("num_batches_tracked") and name not in arrays})
+    try:
+        porting.load(model, arrays)
+    except (KeyError, ValueError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise CheckpointError(f"the checkpoint does not fit {framework} {arch}: {message}") from None
+    return porting, model
+
+
+def verify(source, source_framework, target, target_framework, arch, progress=None):
+    """Logits of both checkpoints on a seeded batch, eval then train mode, as parity Checks."""
+    x = np.random.default_rng(0).standard_normal(VERIFY_SHAPE).astype(np.float32)
+    sides = []
+    for checkpoint, framework in ((source, source_framework), (target, target_framework)):
+        sides.append(build_model(framework, checkpoint, arch))
+        if progress is not None:
+            progress.update()
+    checks = []
+    for mode in ("eval", "train"):
+        want, got = (porting.logits(model, x, mode == "train") for porting, model in sides)
+        checks.append(compare(f"logits ({mode})", f"{arch} {source_framework} -> {target_framework} {mode} logits",
+                              got, want, "float32", tolerance("float32")))
+        if progress is not None:
+            progress.update()
+    return checks
+
+
+def convert(src, dst, *, src_format=None, dst_format=None, arch=None, to_rbn=False, centering_stat="mu_c",
+            scaling_stat="mu_c", verify_logits=False, force=False, progress=True):
+    """Convert the checkpoint ``src`` into ``dst``; return the verification Checks (if asked).
+
+    ``arch`` (or the source's metadata) names the zoo architecture: the result is then loaded
+    into that model in the target framework before it is written, so a file with missing,
+    unexpected or mis-shaped keys is refused. ``to_rbn`` turns BatchNorm layers into RBN with
+    ``batchnorm_to_rbn``. ``verify_logits`` compares the logits of source and result (raises
+    VerificationError above the float32 tolerance). ``dst`` is written atomically; it is
+    refused if it exists unless ``force``; on any error nothing is written.
+    """
+    from tqdm import tqdm
+
+    src_format = detect_format(src, src_format)
+    dst_format = detect_format(dst, dst_format, writing=True)
+    if os.path.exists(dst) and not force:
+        raise CheckpointError(f"{dst} exists; pass --force to overwrite it")
+    if arch is not None and arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    try:
+        check_statistic("centering_stat", centering_stat)
+        check_statistic("scaling_stat", scaling_stat)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    with tqdm(total=3 + 4 * verify_logits, desc=f"rbn convert {os.path.basename(src)}", unit="step",
+              disable=not progress, leave=False) as bar:
+        source = read_checkpoint(src, src_format)
+        bar.update()
+        arch = arch or source.metadata.get("arch") or None
+        if verify_logits and arch is None:
+            raise CheckpointError("verification needs --arch (the source names no architecture)")
+        arrays = batchnorm_to_rbn(source.arrays) if to_rbn else source.arrays
+        rbn = is_rbn(arrays)
+        metadata = {"origin": source.metadata.get("origin", src_format), "arch": arch or "",
+                    "norm": "rbn" if rbn else "batchnorm"}
+        if rbn:
+            metadata.update(centering_stat=source.metadata.get("centering_stat", centering_stat),
+                            scaling_stat=source.metadata.get("scaling_stat", scaling_stat))
+        target = Checkpoint(arrays, metadata)
+        if arch is not None and not verify_logits:
+            build_model(_framework_of(dst_format), target, arch)
+        bar.update()
+        checks = []
+        with atomic_output(dst, force=force) as temporary:
+            write_checkpoint(temporary, target, dst_format)
+            bar.update()
+            if verify_logits:
+                # Judge the file as written, read back, against the file as given.
+                written = read_checkpoint(temporary, dst_format)
+                written = Checkpoint(written.arrays, {**written.metadata, **metadata})
+                checks = verify(Checkpoint(source.arrays, {**source.metadata, **metadata}),
+                                _framework_of(src_format), written, _framework_of(dst_format), arch, bar)
+                if not all(check.passed for check in checks):
+                    raise VerificationError(checks)
+    return checks

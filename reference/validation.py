@@ -1,0 +1,43 @@
+"""Argument checks shared by the oracle and every framework package, on shapes and names only.
+
+One wording everywhere, like the frameworks' own layers: what was expected, what came.
+"""
+
+import math
+
+from .statistics import STATISTICS
+
+
+def check_statistic(argname, value):
+    """Raise ``ValueError`` unless ``value`` names one of the statistics of Table 3."""
+    if value not in STATISTICS:
+        raise ValueError(f"{argname} must be one of {', '.join(STATISTICS)} (got {value!r})")
+
+
+def check_input(shape, dtype, is_floating, *, uses_batch_statistics):
+    """An (N, C, *spatial) floating-point input with 0 to 3 spatial dims.
+
+    With batch statistics each channel needs more than one value (as ``F.batch_norm``).
+    """
+    shape = tuple(shape)
+    if not is_floating:
+        raise TypeError(f"expected a floating-point input (got {dtype})")
+    if not 2 <= len(shape) <= 5:
+        raise ValueError(f"expected 2D to 5D input (got {len(shape)}D input)")
+    if uses_batch_statistics and math.prod(shape[:1] + shape[2:]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
+
+
+def check_channel_vectors(channels, shapes):
+    """Every per-channel vector (name -> shape, None when absent) has shape (C,)."""
+    for name, shape in shapes.items():
+        if shape is not None and tuple(shape) != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},) for an input with {channels} channels "
+                             f"(got {tuple(shape)})")
+
+
+def check_pairs(present):
+    """Parameters that only make sense together (name -> whether given) are given together."""
+    for first, second in (("weight", "bias"), ("scale_weight", "scale_bias")):
+        if first in present and present[first] != present.get(second):
+            raise ValueError(f"{first!r} and {second!r} must be given together or not at all")
