@@ -11,7 +11,11 @@ Why these numbers:
   still catches any algebraic slip (those show up at 1e-3 or worse).
 - float32: eps is 1.2e-7; the same reasoning gives ~1e-5, and the sigmoid gate, the
   instance statistics and the reductions of the backward (each a sum over the batch) stack a
-  few of those. 1e-4 is the bound, with atol for arrays that are all ~0.
+  few of those. 1e-4 is the bound.
+- atol is for arrays whose exact value is ~0 because their terms cancel: the gradient of
+  ``center_weight`` of a 1d layer on (N, C) input, say, where batch standardization undoes
+  the calibration. Such a sum of n terms of size |x| rounds to ~eps * n * |x|: ~1e-14 in
+  float64, ~1e-6 to 1e-5 in float32 for the seeded cases (|x| ~ 5, n ~ 10).
 - The input's offset: rounding the batch mean of an input with mean ``m`` and std ``s`` to
   the dtype costs ``eps * |m|`` absolutely, i.e. ``eps * |m| / s`` relative after
   standardization, however stable the variance kernel is. ``tolerance(dtype, offset_ratio)``
@@ -31,7 +35,7 @@ class Tolerance(NamedTuple):
 
 TOLERANCES = {
     "float64": Tolerance(rtol=1e-10, atol=1e-12),
-    "float32": Tolerance(rtol=1e-4, atol=1e-6),
+    "float32": Tolerance(rtol=1e-4, atol=1e-5),
 }
 
 # Finite differences of the float64 oracle. A central difference with step h has a
