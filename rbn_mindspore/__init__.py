@@ -1,0 +1,10 @@
+"""Representative BatchNorm (Gao et al., CVPR 2021) for MindSpore, PyNative and Graph mode."""
+
+from . import functional
+from .convert import (canonical_parameters, convert_bn_to_rbn, load_checkpoint, load_numpy_state_dict,
+                      state_dict_to_numpy)
+from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+
+__all__ = ["RepresentativeBatchNorm1d", "RepresentativeBatchNorm2d", "RepresentativeBatchNorm3d",
+           "convert_bn_to_rbn", "functional", "state_dict_to_numpy", "load_numpy_state_dict",
+           "canonical_parameters", "load_checkpoint"]

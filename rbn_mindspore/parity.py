@@ -1,0 +1,54 @@
+"""Adapter of the shared parity harness (``rbn_reference.parity``) for MindSpore.
+
+Runs the user-facing Cells in the current execution mode (PyNative by default; the tests
+also run it under ``GRAPH_MODE``).
+"""
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor
+
+from rbn_reference.parity import NotSupported
+
+from .convert import canonical_parameters, load_numpy_state_dict, state_dict_to_numpy
+from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+
+FRAMEWORK = "mindspore"
+LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d, 4: RepresentativeBatchNorm2d,
+          5: RepresentativeBatchNorm3d}
+
+
+def version():
+    return ms.__version__
+
+
+def run_module(x, params, state, dy, *, training, momentum, eps, centering_stat, scaling_stat, steps):
+    if x.dtype not in (np.float32, np.float64):
+        raise NotSupported(f"rbn_mindspore computes in float32 or float64 (got {x.dtype})")
+    layer = LAYERS[x.ndim](
+        x.shape[1], eps=eps, momentum=None if momentum is None else 1.0 - momentum,
+        affine="weight" in params, use_batch_statistics=True if state is None else None,
+        dtype=ms.float64 if x.dtype == np.float64 else ms.float32,
+        centering="center_weight" in params, scaling="scale_weight" in params,
+        centering_stat=centering_stat, scaling_stat=scaling_stat)
+    load_numpy_state_dict(layer, {**params, **(state or {})}, strict=state is not None)
+    layer.set_train(training)
+    inputs, upstream = Tensor(x), Tensor(dy)
+    # A forward inside value_and_grad updates the moving statistics too: the last step is it.
+    for _ in range(steps - 1):
+        layer(inputs)
+    weights = layer.trainable_params()
+
+    def objective(inputs):
+        y = layer(inputs)
+        return (y * upstream).sum(), y
+
+    (_, y), (grad_x, grad_weights) = ms.value_and_grad(objective, 0, weights, has_aux=True)(inputs)
+    names = {id(param): name for name, param in canonical_parameters(layer).items()}
+    grads = {"x": grad_x.asnumpy()}
+    grads.update({names[id(weight)]: grad.asnumpy() for weight, grad in zip(weights, grad_weights)})
+    arrays = state_dict_to_numpy(layer)
+    new_state = None
+    if state is not None:
+        new_state = {name: arrays[name] for name in ("running_mean", "running_var", "num_batches_tracked")}
+    return {"y": y.asnumpy(), "grads": grads, "state": new_state}
