@@ -27,20 +27,22 @@ def convert_bn_to_rbn(module, *, predicate=None, preserve_output=True, **rbn_kwa
     so the scaling calibration multiplies every output by ``sigmoid(1) ~ 0.73`` at first,
     as when training an RBN model from the paper's initialization.
     """
-
-    def convert(name, child):
-        if isinstance(child, jt.nn.BatchNorm) and (predicate is None or predicate(name, child)):
-            return _rbn_from_batch_norm(child, preserve_output, rbn_kwargs)
-        for child_name, grandchild in list(child.named_children()):
-            new = convert(f"{name}.{child_name}" if name else child_name, grandchild)
-            if new is not grandchild:
-                child.add_module(child_name, new)
-        return child
-
-    return convert("", module)
+    return _convert(module, "", predicate, preserve_output, rbn_kwargs)
 
 
-def _rbn_from_batch_norm(bn, preserve_output, rbn_kwargs):
+def _convert(module, name, predicate, preserve_output, rbn_kwargs):
+    """A new RBN if ``module`` is a BatchNorm to convert, else ``module`` with its children converted."""
+    if isinstance(module, jt.nn.BatchNorm) and (predicate is None or predicate(name, module)):
+        return _rbn_from_bn(module, preserve_output, rbn_kwargs)
+    for child_name, child in list(module.named_children()):
+        new = _convert(child, f"{name}.{child_name}" if name else child_name, predicate,
+                       preserve_output, rbn_kwargs)
+        if new is not child:
+            module.add_module(child_name, new)
+    return module
+
+
+def _rbn_from_bn(bn, preserve_output, rbn_kwargs):
     kwargs = dict(eps=bn.eps, momentum=bn.momentum, affine=bn.affine, is_train=bn.is_train,
                   sync=bn.sync)
     kwargs.update(rbn_kwargs)

@@ -40,9 +40,8 @@ def representative_batch_norm(x, running_mean=None, running_var=None, weight=Non
     ``sync`` averages the batch moments over MPI processes (``jt.in_mpi``), which must all
     hold the same batch size. ``x`` is never modified.
     """
-    vectors = dict(running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
-                   center_weight=center_weight, scale_weight=scale_weight, scale_bias=scale_bias)
-    _check_arguments(x, vectors, centering_stat, scaling_stat)
+    _check_arguments(x, running_mean, running_var, weight, bias, center_weight, scale_weight,
+                     scale_bias, centering_stat, scaling_stat)
     batch_statistics = training or running_mean is None
     world_size = jt.world_size if sync and jt.in_mpi else 1
     count = x.numel() // x.shape[1] * world_size
@@ -56,16 +55,18 @@ def representative_batch_norm(x, running_mean=None, running_var=None, weight=Non
     y, mean, var = path(x, running, weight, bias, center_weight, scale_weight, scale_bias,
                         eps, centering_stat, scaling_stat, world_size > 1)
     if training and running_mean is not None:
-        _update_running(running_mean, mean, momentum)
-        _update_running(running_var, var * _constant(count / (count - 1), var.dtype), momentum)
+        _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
 
 
-# ----------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------- validation
 
 
-def _check_arguments(x, vectors, centering_stat, scaling_stat):
+def _check_arguments(x, running_mean, running_var, weight, bias, center_weight, scale_weight,
+                     scale_bias, centering_stat, scaling_stat):
     # The one-value-per-channel check is the caller's: under MPI it counts every process's batch.
+    vectors = dict(running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
+                   center_weight=center_weight, scale_weight=scale_weight, scale_bias=scale_bias)
     check_input(x.shape, x.dtype, x.dtype.is_float(), uses_batch_statistics=False)
     check_statistic("centering_stat", centering_stat)
     check_statistic("scaling_stat", scaling_stat)
@@ -80,13 +81,16 @@ def _check_arguments(x, vectors, centering_stat, scaling_stat):
             raise ValueError(f"{first} and {second} must be given together or not at all")
 
 
-def _constant(value, dtype):
-    """A Python number as a (1,) Var of ``dtype`` (Jittor would make it a float32 constant)."""
-    with jt.flag_scope(auto_convert_64_to_32=0):
-        return jt.array(np.array([value], dtype=str(dtype)))
+# ----------------------------------------------------------------------------- running statistics
 
 
-def _update_running(stat, batch, momentum):
+def _update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """The running statistics from the batch ones, the variance made unbiased (``count`` values)."""
+    _lerp_in_place(running_mean, mean, momentum)
+    _lerp_in_place(running_var, var * _constant(count / (count - 1), var.dtype), momentum)
+
+
+def _lerp_in_place(stat, batch, momentum):
     """``(1 - momentum) * old + momentum * batch`` in place, outside the autograd graph."""
     if not isinstance(momentum, jt.Var):
         momentum = _constant(momentum, stat.dtype)
@@ -94,89 +98,7 @@ def _update_running(stat, batch, momentum):
     stat.update(new)
 
 
-def _mean(x, dims, keepdims=False):
-    """Mean as sum / count: the grad of Jittor's ``mean`` scales by a float32 ``1 / count``."""
-    return x.sum(dims, keepdims=keepdims) / math.prod(x.shape[dim] for dim in dims)
-
-
-def _mean_over_processes(value, sync):
-    return value.mpi_all_reduce("mean") if sync else value
-
-
-# ----------------------------------------------------------------------------- channel path
-
-
-def _instance_moments(x):
-    """Per-(n, c) moments of ``x`` (N, C, L) around a fixed shift, two-pass.
-
-    Returns ``(shift, offset, var)``: ``shift`` (N, C, 1) is the rounded mean of each slice,
-    detached (a constant: nothing computed from it depends on its value); ``offset =
-    mean(x - shift)`` is what rounding left of the mean (the exact mean is ``shift +
-    offset``) and ``var`` the biased variance, both (N, C) in float64. Jittor fuses the
-    autodiff of these reductions well: a ``jt.Function`` with the hand-written grad
-    measured slower (docs/jittor.md).
-    """
-    shift = _mean(x, [2], keepdims=True).detach()
-    centered = (x - shift).float64()
-    offset = _mean(centered, [2])
-    return shift, offset, _mean(centered * centered, [2]) - offset * offset
-
-
-def _channel_statistic(name, mean, var, eps):
-    """``mu_c`` or ``sigma_c`` of a slice from its mean and biased variance."""
-    return mean if name == "mu_c" else jt.sqrt(var + eps)
-
-
-def _channel_path(x, running, weight, bias, center_weight, scale_weight, scale_bias, eps,
-                  centering_stat, scaling_stat, sync):
-    """Eq. 12 as ``Y = A * (X - shift) + B`` per (n, c); small vectors in float64."""
-    eps = _constant(eps, "float64")
-    n, c = x.shape[:2]
-    x3 = x.reshape((n, c, -1))
-    shift, offset, var = _instance_moments(x3)
-    shift2 = shift.squeeze(2).float64()
-    mean = shift2 + offset
-
-    def vector(value):  # a (C,) Var -> (1, C) float64, broadcasting over (N, C)
-        return value.float64().unsqueeze(0)
-
-    centered_mean = mean
-    calibration = 0.0  # w_m * K_m, per (n, c)
-    if center_weight is not None:
-        calibration = vector(center_weight) * _channel_statistic(centering_stat, mean, var, eps)
-        centered_mean = mean + calibration
-    if running is None:
-        batch_mean = _mean_over_processes(_mean(centered_mean, [0]), sync)
-        deviation = centered_mean - batch_mean.unsqueeze(0)
-        batch_var = _mean_over_processes(_mean(var + deviation * deviation, [0]), sync)
-    else:
-        batch_mean, batch_var = (stat.float64() for stat in running)
-        deviation = centered_mean - batch_mean.unsqueeze(0)
-    inv_std = (jt.ones_like(batch_var) / jt.sqrt(batch_var + eps)).unsqueeze(0)
-
-    scale = inv_std  # A without the affine weight
-    if scale_weight is not None:
-        # K_s of X_s: its per-(n, c) mean is deviation * inv_std, its variance var * inv_std^2
-        k_s = _channel_statistic(scaling_stat, deviation * inv_std, var * inv_std * inv_std, eps)
-        scale = scale * jt.sigmoid(vector(scale_weight) * k_s + vector(scale_bias))
-    if weight is not None:
-        scale = scale * vector(weight)
-    # Y = scale * (X + w_m K_m - M) + beta, with X - M = (X - shift) + (shift + w_m K_m - M)
-    shifted = scale * (shift2 + calibration - batch_mean.unsqueeze(0))
-    if bias is not None:
-        shifted = shifted + vector(bias)
-    a = scale.cast(x.dtype).unsqueeze(2)
-    b = shifted.cast(x.dtype).unsqueeze(2)
-    y = (x3 - shift) * a + b
-    return y.reshape(x.shape), batch_mean, batch_var
-
-
 # ----------------------------------------------------------------------------- literal path
-
-
-def _reduction_dims(statistic, ndim):
-    """Dims a statistic reduces over: the spatial dims for ``*_c``, the channel dim for ``*_s``."""
-    return list(range(2, ndim)) if statistic.endswith("_c") else [1]
 
 
 def _instance_statistic(statistic, x, eps):
@@ -189,10 +111,6 @@ def _instance_statistic(statistic, x, eps):
         return mean
     deviation = x - mean
     return jt.sqrt(_mean(deviation * deviation, dims, keepdims=True) + eps)
-
-
-def _per_channel(vector, ndim):
-    return vector.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def _literal_path(x, running, weight, bias, center_weight, scale_weight, scale_bias, eps,
@@ -223,3 +141,110 @@ def _literal_path(x, running, weight, bias, center_weight, scale_weight, scale_b
     if weight is not None:
         y = y * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
     return y, batch_mean, batch_var
+
+
+# ----------------------------------------------------------------------------- channel path
+
+
+def _channel_coefficients(shift, offset, var, running, weight, bias, center_weight, scale_weight,
+                          scale_bias, eps, centering_stat, scaling_stat, sync):
+    """``A``, ``B`` of ``Y = A * (X - shift) + B`` per (n, c), float64 (N, C); batch stats.
+
+    ``shift`` (N, C) float64, ``offset`` and ``var``: the per-(n, c) moments of
+    :func:`_instance_moments`; ``eps`` a float64 Var.
+    """
+    mean = shift + offset
+
+    def vector(value):  # a (C,) Var -> (1, C) float64, broadcasting over (N, C)
+        return value.float64().unsqueeze(0)
+
+    centered_mean = mean
+    calibration = 0.0  # w_m * K_m, per (n, c)
+    if center_weight is not None:
+        calibration = vector(center_weight) * _channel_statistic(centering_stat, mean, var, eps)
+        centered_mean = mean + calibration
+    if running is None:
+        batch_mean = _mean_over_processes(_mean(centered_mean, [0]), sync)
+        deviation = centered_mean - batch_mean.unsqueeze(0)
+        batch_var = _mean_over_processes(_mean(var + deviation * deviation, [0]), sync)
+    else:
+        batch_mean, batch_var = (stat.float64() for stat in running)
+        deviation = centered_mean - batch_mean.unsqueeze(0)
+    inv_std = (jt.ones_like(batch_var) / jt.sqrt(batch_var + eps)).unsqueeze(0)
+
+    scale = inv_std  # A without the affine weight
+    if scale_weight is not None:
+        # K_s of X_s: its per-(n, c) mean is deviation * inv_std, its variance var * inv_std^2
+        k_s = _channel_statistic(scaling_stat, deviation * inv_std, var * inv_std * inv_std, eps)
+        scale = scale * jt.sigmoid(vector(scale_weight) * k_s + vector(scale_bias))
+    if weight is not None:
+        scale = scale * vector(weight)
+    # Y = scale * (X + w_m K_m - M) + beta, with X - M = (X - shift) + (shift + w_m K_m - M)
+    shifted = scale * (shift + calibration - batch_mean.unsqueeze(0))
+    if bias is not None:
+        shifted = shifted + vector(bias)
+    return scale, shifted, batch_mean, batch_var
+
+
+def _channel_statistic(name, mean, var, eps):
+    """``mu_c`` or ``sigma_c`` of a slice from its mean and biased variance."""
+    return mean if name == "mu_c" else jt.sqrt(var + eps)
+
+
+def _channel_path(x, running, weight, bias, center_weight, scale_weight, scale_bias, eps,
+                  centering_stat, scaling_stat, sync):
+    """Eq. 12 as ``Y = A * (X - shift) + B`` per (n, c); small vectors in float64."""
+    eps = _constant(eps, "float64")
+    n, c = x.shape[:2]
+    x3 = x.reshape((n, c, -1))
+    shift, offset, var = _instance_moments(x3)
+    scale, shifted, batch_mean, batch_var = _channel_coefficients(
+        shift.squeeze(2).float64(), offset, var, running, weight, bias, center_weight, scale_weight,
+        scale_bias, eps, centering_stat, scaling_stat, sync)
+    a = scale.cast(x.dtype).unsqueeze(2)
+    b = shifted.cast(x.dtype).unsqueeze(2)
+    y = (x3 - shift) * a + b
+    return y.reshape(x.shape), batch_mean, batch_var
+
+
+def _instance_moments(x):
+    """Per-(n, c) moments of ``x`` (N, C, L) around a fixed shift, two-pass.
+
+    Returns ``(shift, offset, var)``: ``shift`` (N, C, 1) is the rounded mean of each slice,
+    detached (a constant: nothing computed from it depends on its value); ``offset =
+    mean(x - shift)`` is what rounding left of the mean (the exact mean is ``shift +
+    offset``) and ``var`` the biased variance, both (N, C) in float64. Jittor fuses the
+    autodiff of these reductions well: a ``jt.Function`` with the hand-written grad
+    measured slower (docs/jittor.md).
+    """
+    shift = _mean(x, [2], keepdims=True).detach()
+    centered = (x - shift).float64()
+    offset = _mean(centered, [2])
+    return shift, offset, _mean(centered * centered, [2]) - offset * offset
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _per_channel(vector, ndim):
+    return vector.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _constant(value, dtype):
+    """A Python number as a (1,) Var of ``dtype`` (Jittor would make it a float32 constant)."""
+    with jt.flag_scope(auto_convert_64_to_32=0):
+        return jt.array(np.array([value], dtype=str(dtype)))
+
+
+def _reduction_dims(statistic, ndim):
+    """Dims a statistic reduces over: the spatial dims for ``*_c``, the channel dim for ``*_s``."""
+    return list(range(2, ndim)) if statistic.endswith("_c") else [1]
+
+
+def _mean(x, dims, keepdims=False):
+    """Mean as sum / count: the grad of Jittor's ``mean`` scales by a float32 ``1 / count``."""
+    return x.sum(dims, keepdims=keepdims) / math.prod(x.shape[dim] for dim in dims)
+
+
+def _mean_over_processes(value, sync):
+    return value.mpi_all_reduce("mean") if sync else value

@@ -33,17 +33,9 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     place when ``training``; when they are None the batch statistics are always used.
     float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
     """
-    rbn_reference.check_statistic("centering_stat", centering_stat)
-    rbn_reference.check_statistic("scaling_stat", scaling_stat)
-    rbn_reference.check_input(input.shape, input.dtype, input.is_floating_point(),
-                              uses_batch_statistics=training or running_mean is None)
-    rbn_reference.check_pairs({"scale_weight": scale_weight is not None, "scale_bias": scale_bias is not None})
+    _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
+                     training, centering_stat, scaling_stat)
     channels = input.shape[1]
-    rbn_reference.check_channel_vectors(channels, {
-        name: None if tensor is None else tuple(tensor.shape)
-        for name, tensor in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                             ("bias", bias), ("center_weight", center_weight), ("scale_weight", scale_weight),
-                             ("scale_bias", scale_bias))})
 
     # Half precision: statistics in float32, as nn.BatchNorm does; the result in the input's dtype.
     compute_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
@@ -61,21 +53,41 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             # Tracers (dynamo, torch.export, jit.trace) record plain ops; inductor fuses them.
-            y, batch_mean, batch_var = _channel_rbn(x, params, running, eps, stats, _traced_moments)
+            y, batch_mean, batch_var = _channel_path(x, params, running, eps, stats, _traced_moments)
         elif needs_grad:
             y, batch_mean, batch_var = _ChannelRBN.apply(x, running, eps, stats, *params)
         else:
-            y, batch_mean, batch_var = _channel_rbn(x, params, running, eps, stats, _fused_moments)
+            y, batch_mean, batch_var = _channel_path(x, params, running, eps, stats, _fused_moments)
     else:
-        y, batch_mean, batch_var = _literal_rbn(x, params, running, eps, stats)
+        y, batch_mean, batch_var = _literal_path(x, params, running, eps, stats)
 
     if training and running_mean is not None:
         count = x.shape[0] * x.shape[2]
-        with torch.no_grad():
-            running_mean.lerp_(batch_mean.reshape(-1).to(running_mean.dtype), momentum)
-            unbiased = batch_var.reshape(-1) * (count / (count - 1))
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+        _update_running_stats(running_mean, running_var, batch_mean, batch_var, count, momentum)
     return y.reshape(input.shape).to(input.dtype)
+
+
+def _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
+                     training, centering_stat, scaling_stat):
+    """Raise the oracle's errors (same wording) for anything Eq. 12 cannot take."""
+    rbn_reference.check_statistic("centering_stat", centering_stat)
+    rbn_reference.check_statistic("scaling_stat", scaling_stat)
+    rbn_reference.check_input(input.shape, input.dtype, input.is_floating_point(),
+                              uses_batch_statistics=training or running_mean is None)
+    rbn_reference.check_pairs({"scale_weight": scale_weight is not None, "scale_bias": scale_bias is not None})
+    rbn_reference.check_channel_vectors(input.shape[1], {
+        name: None if tensor is None else tuple(tensor.shape)
+        for name, tensor in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                             ("bias", bias), ("center_weight", center_weight), ("scale_weight", scale_weight),
+                             ("scale_bias", scale_bias))})
+
+
+def _update_running_stats(running_mean, running_var, batch_mean, batch_var, count, momentum):
+    """``(1 - momentum) * old + momentum * batch`` in place, with the unbiased batch variance."""
+    with torch.no_grad():
+        running_mean.lerp_(batch_mean.reshape(-1).to(running_mean.dtype), momentum)
+        unbiased = batch_var.reshape(-1) * (count / (count - 1))
+        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
 
 
 def _instance_statistic(statistic, x, eps):
@@ -87,7 +99,7 @@ def _instance_statistic(statistic, x, eps):
     return torch.sqrt(var + eps)
 
 
-def _literal_rbn(x, params, running, eps, stats):
+def _literal_path(x, params, running, eps, stats):
     """Eq. 12 step by step on x of shape (N, C, S); any statistics; returns y and batch stats."""
     weight, bias, center_weight, scale_weight, scale_bias = params
     if center_weight is not None:
@@ -135,23 +147,7 @@ def _channel_coefficients(mean, var, params, running, eps, stats):
     return scale, shift, batch_mean, batch_var
 
 
-def _traced_moments(x):
-    """Per-(n, c) mean and biased variance of x (N, C, S), differentiable to any order."""
-    var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
-    return mean, var
-
-
-def _fused_moments(x):
-    """Per-(n, c) mean and biased variance of x (N, C, S) by ATen's BatchNorm kernel, no autograd.
-
-    Over the (1, N*C, S) view the BatchNorm statistics kernel is a vectorised two-pass; the
-    eager ``var_mean`` kernel measured several times slower here.
-    """
-    mean, var = torch.batch_norm_update_stats(x.reshape(1, -1, x.shape[-1]), None, None, 0.0)
-    return mean.view(*x.shape[:2], 1), var.view(*x.shape[:2], 1)
-
-
-def _channel_rbn(x, params, running, eps, stats, moments):
+def _channel_path(x, params, running, eps, stats, moments):
     """``Y = A * X + (B - A * mean)`` per (n, c): one moments pass and one elementwise pass."""
     mean, var = moments(x)
     scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, eps, stats)
@@ -193,7 +189,7 @@ class _ChannelRBN(torch.autograd.Function):
         needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[4:]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-op form
             wanted = [t for t, need in zip((x, *params), needs) if need]
-            y = _channel_rbn(x, params, running, eps, stats, _traced_moments)[0]
+            y = _channel_path(x, params, running, eps, stats, _traced_moments)[0]
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
             return (grad_x, None, None, None, *grad_params)
@@ -225,3 +221,19 @@ class _ChannelRBN(torch.autograd.Function):
         slope = 2 * grad_var / count
         grad_x = torch.addcmul((grad_mean - scale * grad_shift) / count - slope * mean, x, slope)
         return (grad_x.addcmul_(scale, dy), None, None, None, *grad_params)
+
+
+def _traced_moments(x):
+    """Per-(n, c) mean and biased variance of x (N, C, S), differentiable to any order."""
+    var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
+    return mean, var
+
+
+def _fused_moments(x):
+    """Per-(n, c) mean and biased variance of x (N, C, S) by ATen's BatchNorm kernel, no autograd.
+
+    Over the (1, N*C, S) view the BatchNorm statistics kernel is a vectorised two-pass; the
+    eager ``var_mean`` kernel measured several times slower here.
+    """
+    mean, var = torch.batch_norm_update_stats(x.reshape(1, -1, x.shape[-1]), None, None, 0.0)
+    return mean.view(*x.shape[:2], 1), var.view(*x.shape[:2], 1)
