@@ -1,9 +1,9 @@
 """Checkpoints across frameworks: one neutral file format and conversions between all four.
 
 The neutral checkpoint is a safetensors file of arrays under canonical (PyTorch/torchvision)
-names, with string metadata: ``format`` ("rbn-neutral/1"), ``origin`` (the framework the
-weights came from), ``arch``, ``norm`` ("rbn" or "batchnorm"), ``centering_stat``,
-``scaling_stat``. Framework files are what each framework writes itself: a PyTorch state
+names, with string metadata: ``format`` ("rbn-neutral/1"), ``origin`` (the framework whose
+file the weights came from, kept through neutral files), ``arch``, ``norm`` ("rbn" or
+"batchnorm"), ``centering_stat``, ``scaling_stat``. Framework files are what each framework writes itself: a PyTorch state
 dict (``torch.save``), a Jittor ``jt.save`` pickle, a MindSpore ``save_checkpoint`` file.
 
 This module never imports a framework at import time: each framework's side lives in
@@ -11,22 +11,25 @@ This module never imports a framework at import time: each framework's side live
 and is imported when a conversion needs it.
 """
 
+import functools
 import importlib
 import importlib.util
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
 
 from .files import atomic_output
 from .parity import compare
-from .statistics import check_statistic
 from .tolerances import tolerance
+from .validation import check_statistic
 
 FORMATS = ("torch", "jittor", "mindspore", "neutral")
-FRAMEWORKS = ("torch", "mindspore", "jittor")  # import order that keeps exits quiet (frameworks.md)
+FRAMEWORKS = ("torch", "mindspore", "jittor")  # the safe import order (see ``adapter``)
 SUFFIXES = {"torch": (".pt", ".pth"), "jittor": (".pkl",), "mindspore": (".ckpt",), "neutral": (".safetensors",)}
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2")
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2",
+                 "res2net50_26w_4s")
 NEUTRAL_FORMAT = "rbn-neutral/1"
 RBN_PARAMS = ("center_weight", "scale_weight", "scale_bias")
 # The seeded batch of --verify: small enough for a CPU, large enough that every stage of
@@ -53,6 +56,10 @@ class Checkpoint(NamedTuple):
 
 def adapter(framework):
     """``rbn_<framework>.models.porting``, or a CheckpointError saying what is missing."""
+    if framework == "jittor" and "jittor" not in sys.modules and importlib.util.find_spec("mindspore"):
+        # Jittor loaded before MindSpore makes every MindSpore CPU op segfault afterwards
+        # (std::regex in libmindspore_tools, checked here): MindSpore comes in first.
+        importlib.import_module("mindspore")
     try:
         return importlib.import_module(f"rbn_{framework}.models.porting")
     except ImportError as error:
@@ -79,6 +86,7 @@ def detect_format(path, fmt=None, *, writing=False):
 
 
 def is_rbn(arrays):
+    """Whether the arrays have RBN layers (any calibration parameter), not only BatchNorm."""
     return any(name.rpartition(".")[2] in RBN_PARAMS for name in arrays)
 
 
@@ -92,6 +100,7 @@ def canonicalize(arrays):
 
     Every array must be floating point except ``num_batches_tracked`` (an integer count). The
     authors' RBN code stores a norm layer's parameters as (1, C, 1, 1): they become (C,).
+    Jittor has no 0-d arrays: its ``num_batches_tracked`` of shape (1,) becomes ().
     """
     bad = [f"{name} ({array.dtype})" for name, array in arrays.items()
            if not (np.issubdtype(array.dtype, np.integer) if name.endswith("num_batches_tracked")
@@ -99,14 +108,20 @@ def canonicalize(arrays):
     if bad:
         raise CheckpointError("expected floating-point arrays (integer num_batches_tracked); got " + ", ".join(bad))
     norm_prefixes = _norm_prefixes(arrays)
-    return {name: array.reshape(-1) if name.rpartition(".")[0] in norm_prefixes and array.ndim == 4
-            and array.shape[0] == array.shape[2] == array.shape[3] == 1 else array
-            for name, array in arrays.items()}
+
+    def canonical_shape(name, array):
+        if name.endswith("num_batches_tracked") and array.size == 1:
+            return array.reshape(())
+        if name.rpartition(".")[0] in norm_prefixes and array.ndim == 4 and array.shape == (1, array.shape[1], 1, 1):
+            return array.reshape(-1)
+        return array
+
+    return {name: canonical_shape(name, array) for name, array in arrays.items()}
 
 
 def read_checkpoint(path, fmt=None):
     """Read any supported file into a Checkpoint under canonical names."""
-    fmt = detect_format(path, fmt)
+    path, fmt = os.fspath(path), detect_format(path, fmt)
     if not os.path.isfile(path):
         raise CheckpointError(f"no such file: {path}")
     try:
@@ -132,8 +147,8 @@ def read_checkpoint(path, fmt=None):
 
 def write_checkpoint(path, checkpoint, fmt=None):
     """Write ``checkpoint`` to ``path`` as is (callers make it atomic, see ``convert``)."""
-    fmt = detect_format(path, fmt, writing=True)
-    arrays = {name: np.ascontiguousarray(array) for name, array in checkpoint.arrays.items()}
+    path, fmt = os.fspath(path), detect_format(path, fmt, writing=True)
+    arrays = {name: np.asarray(array, order="C") for name, array in checkpoint.arrays.items()}
     if fmt == "neutral":
         from safetensors.numpy import save_file
 
@@ -166,10 +181,11 @@ def batchnorm_to_rbn(arrays):
 
 
 def num_classes(arrays):
-    for name in ("fc.bias", "classifier.1.bias"):
+    """The classifier's output count (ResNet's ``fc``, MobileNetV2's ``classifier.1``)."""
+    for name in ("fc.weight", "fc.bias", "classifier.1.weight", "classifier.1.bias"):
         if name in arrays:
             return int(arrays[name].shape[0])
-    raise CheckpointError("cannot find the classifier (fc.bias or classifier.1.bias) to size the model")
+    raise CheckpointError("cannot find the classifier (fc or classifier.1) to size the model")
 
 
 def _framework_of(fmt):
@@ -182,24 +198,32 @@ def _framework_of(fmt):
     raise CheckpointError("checking a neutral checkpoint needs one of torch, mindspore, jittor installed")
 
 
-def build_model(framework, checkpoint, arch):
-    """Build ``arch`` in ``framework`` to match ``checkpoint`` and load it strictly."""
+def build(framework, arch, num_classes, batchnorm=False, **rbn_options):
+    """``rbn_<framework>.models.<arch>`` with BatchNorm or RepresentativeBatchNorm2d(**rbn_options)."""
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     porting = adapter(framework)
+    norm_layer = porting.BatchNorm2d if batchnorm else functools.partial(porting.RepresentativeBatchNorm2d,
+                                                                         **rbn_options)
+    return getattr(porting.models, arch)(num_classes=num_classes, norm_layer=norm_layer)
+
+
+def build_model(framework, checkpoint, arch):
+    """Build ``arch`` in ``framework`` to match ``checkpoint`` and load it strictly."""
     metadata = checkpoint.metadata
-    options = dict(centering_stat=metadata.get("centering_stat", "mu_c"),
-                   scaling_stat=metadata.get("scaling_stat", "mu_c"))
-    model = porting.build(arch, num_classes(checkpoint.arrays), batchnorm=not is_rbn(checkpoint.arrays), **options)
-    # num_batches_tracked is optional on both sides: Jittor's BatchNorm has none, and a
-    # checkpoint from Jittor gives none to the others.
-    expected = porting.state(model)
+    model = build(framework, arch, num_classes(checkpoint.arrays), batchnorm=not is_rbn(checkpoint.arrays),
+                  centering_stat=metadata.get("centering_stat", "mu_c"),
+                  scaling_stat=metadata.get("scaling_stat", "mu_c"))
+    porting = adapter(framework)
+    # num_batches_tracked is optional on both sides: Jittor's and MindSpore's BatchNorm have
+    # none, and their checkpoints give none to PyTorch.
+    expected = porting.state_dict_to_numpy(model)
     arrays = {name: array for name, array in checkpoint.arrays.items()
               if name in expected or not name.endswith("num_batches_tracked")}
     arrays.update({name: array for name, array in expected.items()
                    if name.endswith("num_batches_tracked") and name not in arrays})
     try:
-        porting.load(model, arrays)
+        porting.load_numpy_state_dict(model, arrays, strict=True)
     except (KeyError, ValueError) as error:
         message = error.args[0] if error.args else str(error)
         raise CheckpointError(f"the checkpoint does not fit {framework} {arch}: {message}") from None
@@ -224,14 +248,15 @@ def verify(source, source_framework, target, target_framework, arch, progress=No
     return checks
 
 
-def convert(src, dst, *, src_format=None, dst_format=None, arch=None, to_rbn=False, centering_stat="mu_c",
-            scaling_stat="mu_c", verify_logits=False, force=False, progress=True):
+def convert(src, dst, *, src_format=None, dst_format=None, arch=None, to_rbn=False, centering_stat=None,
+            scaling_stat=None, verify_logits=False, force=False, progress=True):
     """Convert the checkpoint ``src`` into ``dst``; return the verification Checks (if asked).
 
     ``arch`` (or the source's metadata) names the zoo architecture: the result is then loaded
     into that model in the target framework before it is written, so a file with missing,
     unexpected or mis-shaped keys is refused. ``to_rbn`` turns BatchNorm layers into RBN with
-    ``batchnorm_to_rbn``. ``verify_logits`` compares the logits of source and result (raises
+    ``batchnorm_to_rbn``. ``centering_stat``/``scaling_stat`` are the RBN layers' options
+    (default: the source's metadata, else "mu_c"). ``verify_logits`` compares the logits of source and result (raises
     VerificationError above the float32 tolerance). ``dst`` is written atomically; it is
     refused if it exists unless ``force``; on any error nothing is written.
     """
@@ -244,8 +269,9 @@ def convert(src, dst, *, src_format=None, dst_format=None, arch=None, to_rbn=Fal
     if arch is not None and arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     try:
-        check_statistic("centering_stat", centering_stat)
-        check_statistic("scaling_stat", scaling_stat)
+        for name, value in (("centering_stat", centering_stat), ("scaling_stat", scaling_stat)):
+            if value is not None:
+                check_statistic(name, value)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
     with tqdm(total=3 + 4 * verify_logits, desc=f"rbn convert {os.path.basename(src)}", unit="step",
@@ -260,8 +286,8 @@ def convert(src, dst, *, src_format=None, dst_format=None, arch=None, to_rbn=Fal
         metadata = {"origin": source.metadata.get("origin", src_format), "arch": arch or "",
                     "norm": "rbn" if rbn else "batchnorm"}
         if rbn:
-            metadata.update(centering_stat=source.metadata.get("centering_stat", centering_stat),
-                            scaling_stat=source.metadata.get("scaling_stat", scaling_stat))
+            metadata.update(centering_stat=centering_stat or source.metadata.get("centering_stat", "mu_c"),
+                            scaling_stat=scaling_stat or source.metadata.get("scaling_stat", "mu_c"))
         target = Checkpoint(arrays, metadata)
         if arch is not None and not verify_logits:
             build_model(_framework_of(dst_format), target, arch)

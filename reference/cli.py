@@ -8,8 +8,9 @@ import math
 import sys
 from typing import NamedTuple, Optional
 
-from . import parity
+from . import checkpoint, parity
 from .files import atomic_output
+from .statistics import STATISTICS
 
 # Import order torch, mindspore, jittor: the other orders print a harmless Cell.__del__
 # message at exit (shared/notes/frameworks.md).
@@ -116,6 +117,25 @@ def run_parity(args):
     return 1 if failed else 0
 
 
+def run_convert(args):
+    try:
+        checks = checkpoint.convert(args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
+                                    arch=args.arch, to_rbn=args.to_rbn, centering_stat=args.centering_stat,
+                                    scaling_stat=args.scaling_stat, verify_logits=args.verify, force=args.force)
+    except checkpoint.CheckpointError as error:
+        print(f"rbn convert: error: {error}", file=sys.stderr)
+        return 2
+    except checkpoint.VerificationError as error:
+        print("\n".join(str(check) for check in error.checks))
+        print(f"rbn convert: error: logits differ beyond the float32 tolerance; {args.dst} not written",
+              file=sys.stderr)
+        return 1
+    for check in checks:
+        print(check)
+    print(f"rbn convert: wrote {args.dst}", file=sys.stderr)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="rbn", description=__doc__.strip() + " Representative BatchNorm tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +150,32 @@ def build_parser():
     parity_parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                                help="write the rows as JSON to PATH (atomically), or to stdout without PATH")
     parity_parser.set_defaults(handler=run_parity)
+    convert_parser = commands.add_parser(
+        "convert", help="convert a checkpoint between torch, jittor, mindspore and the neutral format",
+        description="Read SRC (a PyTorch .pt/.pth state dict, a Jittor .pkl, a MindSpore .ckpt or a neutral "
+                    ".safetensors file), map names and layouts, and write DST atomically. Exit status 2 on bad "
+                    "input, 1 if --verify finds the logits apart; nothing is written then.")
+    convert_parser.add_argument("src", metavar="SRC")
+    convert_parser.add_argument("dst", metavar="DST")
+    convert_parser.add_argument("--from", dest="src_format", choices=checkpoint.FORMATS,
+                                help="format of SRC (default: from its suffix)")
+    convert_parser.add_argument("--to", dest="dst_format", choices=checkpoint.FORMATS,
+                                help="format of DST (default: from its suffix)")
+    convert_parser.add_argument("--arch", choices=checkpoint.ARCHITECTURES,
+                                help="zoo architecture: DST is loaded into it before it is written "
+                                     "(default: from a neutral SRC's metadata, else no key check)")
+    convert_parser.add_argument("--to-rbn", action="store_true",
+                                help="turn BatchNorm layers into RBN that computes the same output")
+    convert_parser.add_argument("--centering-stat", choices=STATISTICS,
+                                help="RBN option recorded in a neutral DST and used by --verify "
+                                     "(default: SRC's metadata, else mu_c)")
+    convert_parser.add_argument("--scaling-stat", choices=STATISTICS,
+                                help="RBN option recorded in a neutral DST and used by --verify "
+                                     "(default: SRC's metadata, else mu_c)")
+    convert_parser.add_argument("--verify", action="store_true",
+                                help="compare SRC's and DST's logits on a seeded batch in eval and train mode")
+    convert_parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert_parser.set_defaults(handler=run_convert)
     return parser
 
 

@@ -67,3 +67,18 @@ def finite_difference_tolerance(objective_magnitude):
     """The tolerance of a float64 central difference of an objective of this magnitude."""
     noise = FINITE_DIFFERENCE_ROUNDING_FACTOR * machine_epsilon("float64") * objective_magnitude / FINITE_DIFFERENCE_STEP
     return Tolerance(rtol=FINITE_DIFFERENCE_RTOL, atol=noise)
+
+
+# Whole networks in float32 (the model zoo's cross-framework SGD step): train-mode gradients of
+# a deep network are sums with cancellation that lose up to ~1e-2 relative in one framework
+# alone (mobilenet_v2 at batch 2), beyond any fixed table. There, each framework is compared
+# with the float64 result and allowed the table plus twice the error of a float32 peer
+# (PyTorch) on the same array: two float32 runs of one ill-conditioned sum each carry an
+# error of that size, in any direction.
+PEER_ERROR_FACTOR = 2
+
+
+def peer_tolerance(dtype, peer_error):
+    """``tolerance(dtype)`` widened by ``PEER_ERROR_FACTOR`` times a float32 peer's own error."""
+    base = tolerance(dtype)
+    return base._replace(atol=base.atol + PEER_ERROR_FACTOR * peer_error)

@@ -1,5 +1,6 @@
 """Test-session set-up shared by every framework's tests."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,3 +16,8 @@ def _gpu_visible():
 os.environ.setdefault("use_mkl", "0")
 if not _gpu_visible():
     os.environ.setdefault("nvcc_path", "")
+
+# MindSpore's CPU ops segfault (in std::regex) when Jittor was imported first in the process:
+# import MindSpore before any test module can import Jittor.
+if importlib.util.find_spec("mindspore") and importlib.util.find_spec("jittor"):
+    import mindspore  # noqa: F401, E402

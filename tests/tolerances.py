@@ -3,6 +3,6 @@
 It lives in the package because ``rbn parity`` judges PASS/FAIL with the same numbers.
 """
 
-from rbn_reference.tolerances import TOLERANCES, Tolerance, finite_difference_tolerance, tolerance
+from rbn_reference.tolerances import TOLERANCES, Tolerance, finite_difference_tolerance, peer_tolerance, tolerance
 
-__all__ = ["TOLERANCES", "Tolerance", "finite_difference_tolerance", "tolerance"]
+__all__ = ["TOLERANCES", "Tolerance", "finite_difference_tolerance", "peer_tolerance", "tolerance"]
