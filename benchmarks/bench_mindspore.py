@@ -11,7 +11,7 @@ gradient function):
 - literal: Eq. 12 as the authors wrote it (mean pooling, BatchNorm, sigmoid gate, affine)
   through MindSpore's autodiff, for reference.
 
-    python benchmarks/bench_mindspore.py [--repeats 7] [--number 2] [--shapes 32,64,56,56 ...]
+    python benchmarks/bench_mindspore.py [--repeats 7] [--number 2] [--warmup 10] [--shapes 32,64,56,56 ...]
 """
 
 import argparse
@@ -70,11 +70,20 @@ def block(step, x, number):
     return (time.perf_counter() - start) / number
 
 
-def measure(steps, x, repeats, number):
-    """Median seconds per call of each step: blocks of ``number`` calls, interleaved."""
+def measure(steps, x, repeats, number, warmup=10):
+    """Median seconds per call of each step: blocks of ``number`` calls, interleaved.
+
+    ``warmup`` untimed interleaved rounds first. After compiling, MindSpore (2.10, CPU) runs a
+    Graph-mode rbn step 1.5-4x slower than its settled speed for its first ~15 calls, whatever
+    the time elapsed (nn.BatchNorm2d's step settles after 1-2): a 2-call warm-up reported
+    2-4.7x ratios that a second measurement in the same process put at 1.3-1.9x.
+    """
     times = {name: [] for name in steps}
-    for step in steps.values():  # warm up (and compile)
-        block(step, x, 2)
+    for step in steps.values():  # compile
+        block(step, x, 1)
+    for _ in range(warmup):
+        for step in steps.values():
+            block(step, x, number)
     for _ in range(repeats):
         for name, step in steps.items():
             times[name].append(block(step, x, number))
@@ -85,11 +94,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed blocks per implementation")
     parser.add_argument("--number", type=int, default=2, help="calls per timed block")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed interleaved rounds before timing")
     parser.add_argument("--shapes", nargs="*", default=None, help="N,C,H,W shapes (default: the torch issue's)")
     args = parser.parse_args()
     shapes = SHAPES if not args.shapes else [tuple(int(n) for n in s.split(",")) for s in args.shapes]
     print(f"mindspore {ms.__version__}, CPU, float32, forward + backward (training), "
-          f"median of {args.repeats} blocks of {args.number} calls")
+          f"median of {args.repeats} blocks of {args.number} calls after {args.warmup} warm-up rounds")
     header = ("| shape | mode | bn ms | rbn / bn | rbn* (sigma_c) / bn | literal / bn |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
@@ -103,7 +113,7 @@ def main():
                       "rbn*": RepresentativeBatchNorm2d(channels, scaling_stat="sigma_c"),
                       "literal": AuthorsRBN2d(channels)}
             steps = {name: step_function(layer.set_train(), dy, jit) for name, layer in layers.items()}
-            medians = measure(steps, x, args.repeats, args.number)
+            medians = measure(steps, x, args.repeats, args.number, args.warmup)
             bn = medians["bn"]
             print(f"| {shape} | {mode} | {bn * 1e3:.1f} | {medians['rbn'] / bn:.2f}x | "
                   f"{medians['rbn*'] / bn:.2f}x | {medians['literal'] / bn:.2f}x |", flush=True)

@@ -90,31 +90,6 @@ def _rbn_from_bn(bn, preserve_output, rbn_kwargs):
 # ----------------------------------------------------------------------------- canonical names
 
 
-def canonical_parameters(cell):
-    """``{canonical dotted name: Parameter}`` for every Parameter of ``cell``.
-
-    Norm layers (ours and ``nn.BatchNorm1d/2d/3d``) get PyTorch's names; a BatchNorm3d's inner
-    ``bn2d`` level is dropped; frozen gamma/beta (``affine=False``) are left out, as PyTorch has
-    none. Every other Parameter keeps its MindSpore path.
-    """
-    norm_prefixes = {}
-    for name, sub in cell.cells_and_names():
-        if isinstance(sub, nn.BatchNorm3d):
-            norm_prefixes[f"{name}.bn2d" if name else "bn2d"] = name
-        elif isinstance(sub, (_RepresentativeBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
-            norm_prefixes.setdefault(name, name)
-    result = {}
-    for path, param in cell.parameters_and_names():
-        prefix, _, leaf = path.rpartition(".")
-        if prefix in norm_prefixes and leaf in CANONICAL_NAMES:
-            if leaf in ("gamma", "beta") and not param.requires_grad:
-                continue
-            canonical_prefix = norm_prefixes[prefix]
-            path = f"{canonical_prefix}.{CANONICAL_NAMES[leaf]}" if canonical_prefix else CANONICAL_NAMES[leaf]
-        result[path] = param
-    return result
-
-
 def state_dict_to_numpy(cell):
     """``{canonical name: np.ndarray}`` of a layer or a whole network (copies)."""
     return {name: param.asnumpy().copy() for name, param in canonical_parameters(cell).items()}
@@ -169,7 +144,7 @@ def _raise_problems(what, missing, unexpected, shape_problems, strict):
         raise KeyError(f"cannot load {what}: " + "; ".join(problems))
 
 
-# ----------------------------------------------------------------------------- MindSpore checkpoints
+# ----------------------------------------------------------------------------- MindSpore extras
 
 
 def load_checkpoint(cell, ckpt_file_name, *, strict=True):
@@ -191,3 +166,28 @@ def load_checkpoint(cell, ckpt_file_name, *, strict=True):
     if set(not_loaded) - set(missing):  # its own checks (dtype) failed silently
         raise ValueError(f"load_param_into_net did not load {sorted(set(not_loaded) - set(missing))}")
     return cell
+
+
+def canonical_parameters(cell):
+    """``{canonical dotted name: Parameter}`` for every Parameter of ``cell``.
+
+    Norm layers (ours and ``nn.BatchNorm1d/2d/3d``) get PyTorch's names; a BatchNorm3d's inner
+    ``bn2d`` level is dropped; frozen gamma/beta (``affine=False``) are left out, as PyTorch has
+    none. Every other Parameter keeps its MindSpore path.
+    """
+    norm_prefixes = {}
+    for name, sub in cell.cells_and_names():
+        if isinstance(sub, nn.BatchNorm3d):
+            norm_prefixes[f"{name}.bn2d" if name else "bn2d"] = name
+        elif isinstance(sub, (_RepresentativeBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+            norm_prefixes.setdefault(name, name)
+    result = {}
+    for path, param in cell.parameters_and_names():
+        prefix, _, leaf = path.rpartition(".")
+        if prefix in norm_prefixes and leaf in CANONICAL_NAMES:
+            if leaf in ("gamma", "beta") and not param.requires_grad:
+                continue
+            canonical_prefix = norm_prefixes[prefix]
+            path = f"{canonical_prefix}.{CANONICAL_NAMES[leaf]}" if canonical_prefix else CANONICAL_NAMES[leaf]
+        result[path] = param
+    return result
