@@ -4,17 +4,13 @@ Two paths compute the same Eq. 12:
 
 - channel statistics (``mu_c``/``sigma_c`` for both calibrations, the paper's default): per
   instance (n, c) every step is affine in X, so ``Y = A[n,c] * x_hat + B[n,c]`` where
-  ``x_hat`` is X standardized per instance. One moments pass and one affine pass forward,
-  two reductions and two affine passes backward, written by hand in a Cell ``bprop``
-  (:class:`_ChannelStatisticsKernel`). The (N, C)-sized coefficient math in between goes
-  through MindSpore's autodiff (``GradOperation``) so that it is written once.
+  ``x_hat`` is X standardized per instance. One moments pass and one affine pass forward, one
+  pass of two sums and one ``p * dY + q * x_hat + r`` pass backward, written by hand in a Cell
+  ``bprop`` (:class:`_ChannelStatisticsKernel`). The (N, C)-sized coefficient math in between
+  goes through MindSpore's autodiff (``GradOperation``) so that it is written once. The passes
+  are fused CPU kernels (:mod:`rbn_mindspore.cpu_kernels`) where they can be compiled, else
+  MindSpore's BatchNorm primitive over an instance view of X.
 - any other statistic (``mu_s``/``sigma_s``): Eq. 12 step by step, differentiated by MindSpore.
-
-On CPU MindSpore's elementwise ops with a broadcast (N, C, 1, 1) operand are 5-15x slower than
-plain elementwise ops, while its BatchNorm primitive does a per-channel moments pass and a
-per-channel affine pass at full speed. The channel path therefore views X as
-``(1, N*C, S, 1)`` so that "per channel" means "per instance", and runs the BatchNorm
-primitive on it (float32; float64, which the primitive rejects, takes plain ops).
 """
 
 import functools
@@ -24,6 +20,8 @@ import mindspore.common.dtype as mstype
 from mindspore import Tensor, nn, ops
 
 from rbn_reference import check_channel_vectors, check_input, check_statistic
+
+from . import cpu_kernels
 
 _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
 _FLOAT_TYPES = (mstype.float32, mstype.float64)
@@ -212,30 +210,139 @@ _INSTANCE_STATISTICS = {"mu_c": _mean_statistic, "sigma_c": _std_statistic}
 def _channel_path(x, moving_mean, moving_variance, gamma, beta, center_weight,
                   scale_weight, scale_bias, training, eps, centering_stat, scaling_stat):
     """Eq. 12 as ``Y = A * x_hat + B`` per instance; returns (y, batch mean, batch var)."""
-    channels = x.shape[1]
-    # Neutral values for the parts that are off: w_m = 0 gives X_cm = X exactly, gamma = 1 and
-    # beta = 0 give Y = X_cs exactly. Scaling has no neutral value (sigmoid < 1): a kernel flag.
-    # ops.depend makes them graph nodes instead of constants: in Graph mode a constant input is
-    # dropped from the gradients the kernel's bprop computes ("The output size of the 'bprop'
-    # must match the number of parameters").
-    zeros = ops.depend(ops.zeros((channels,), x.dtype), x)
-    ones = ops.depend(ops.ones((channels,), x.dtype), x)
     kernel = _channel_statistics_kernel(
         eps, centering_stat, scaling_stat, scale_weight is not None, training)
-    vectors = (ones if gamma is None else gamma, zeros if beta is None else beta,
-               zeros if center_weight is None else center_weight,
-               zeros if scale_weight is None else scale_weight,
-               zeros if scale_bias is None else scale_bias,
-               zeros if moving_mean is None else moving_mean,
-               ones if moving_variance is None else moving_variance)
+    # Neutral values for the parts that are off: w_m = 0 gives X_cm = X exactly, gamma = 1 and
+    # beta = 0 give Y = X_cs exactly. Scaling has no neutral value (sigmoid < 1): a kernel flag.
+    vectors = (_or_neutral(gamma, 1, x), _or_neutral(beta, 0, x), _or_neutral(center_weight, 0, x),
+               _or_neutral(scale_weight, 0, x), _or_neutral(scale_bias, 0, x),
+               _or_neutral(moving_mean, 0, x), _or_neutral(moving_variance, 1, x))
     outputs = kernel(x, *vectors)
     return outputs[0], outputs[1], outputs[2]
 
 
+def _or_neutral(vector, fill, x):
+    """``vector``, or a (C,) vector of ``fill`` (0 or 1) in x's dtype when it is None.
+
+    ops.depend makes it a graph node instead of a constant: in Graph mode a constant input is
+    dropped from the gradients the kernel's bprop computes ("The output size of the 'bprop'
+    must match the number of parameters"). Only made when needed: in PyNative each op is a
+    dispatch.
+    """
+    if vector is not None:
+        return vector
+    shape = (x.shape[1],)
+    return ops.depend(ops.ones(shape, x.dtype) if fill else ops.zeros(shape, x.dtype), x)
+
+
 @functools.lru_cache(maxsize=None)
 def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics):
-    """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs)."""
-    return _ChannelStatisticsKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics)
+    """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs).
+
+    The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`), else
+    MindSpore's BatchNorm primitive.
+    """
+    instance_kernels = cpu_kernels.instance_kernels()
+    if instance_kernels is None:
+        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics)
+    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels)
+
+
+class _ChannelStatisticsKernel(nn.Cell):
+    """Eq. 12 for channel statistics with a hand-written backward.
+
+    Inputs: x and the seven (C,) vectors (gamma, beta, center_weight, scale_weight,
+    scale_bias, moving_mean, moving_variance). Outputs ``(y, batch_mean, batch_var, mean,
+    var, ...)``: per-instance moments (and whatever else a subclass saves) for ``bprop``; the
+    batch statistics are only used to update the moving statistics, which is not differentiated
+    (their gradient is ignored, as in BatchNorm).
+
+    Backward: with ``x_hat = (X - mean) / std``, mean and var = std^2 - eps being functions of X,
+        dX = (A / std) * (dY - sum_dy / S - x_hat * sum_dy_x_hat / S)    (through x_hat)
+             + d_mean / S + 2 * d_var * std * x_hat / S                  (through mean, var)
+    where d_mean, d_var come from differentiating the (N, C) coefficient math (``GradOperation``)
+    with the per-instance sums as sensitivities. So dX = p * dY + q * x_hat + r per instance.
+
+    Subclasses define ``forward`` and ``backward``, each one ``ms.jit`` function: in PyNative
+    their few dozen ops would each cost a dispatch (most of them (N, C)-sized, where the dispatch
+    is all the cost); compiled they are one launch. In Graph mode they are inlined.
+    """
+
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics):
+        super().__init__()
+        centering_statistic = _INSTANCE_STATISTICS[centering_stat]
+        scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
+        batch_moments = _batch_moments if batch_statistics else _moving_moments
+        self.eps = eps
+
+        def coefficients(mean, var, *vectors):
+            return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
+                                          scaling_statistic, batch_moments)
+
+        grad_all = ops.GradOperation(get_all=True, sens_param=True)
+
+        def backward_coefficients(mean, var, sum_dy, sum_dy_x_hat, vectors):
+            """(A, d_mean, d_var) per instance (N*C,) and the gradients of the (C,) vectors."""
+            n, c = sum_dy.shape
+            inputs = (mean.reshape(n, c), var.reshape(n, c)) + vectors
+            a = coefficients(*inputs)[0].reshape(-1)
+            # ops.zeros, not ops.zeros_like: in a Graph-mode bprop the latter fails to compile
+            # ("The func graph is empty ... zeros_like").
+            no_grad = ops.zeros((c,), mean.dtype)
+            grads = grad_all(coefficients)(*inputs, (sum_dy_x_hat, sum_dy, no_grad, no_grad))
+            return a, grads[0].reshape(-1), grads[1].reshape(-1), tuple(grads[2:])
+
+        self.coefficients = coefficients
+        self.backward_coefficients = backward_coefficients
+
+    def construct(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
+                  moving_variance):
+        return self.forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
+                            moving_variance)
+
+
+class _FusedChannelKernel(_ChannelStatisticsKernel):
+    """The channel path on the fused CPU kernels over the (N*C, S) view of X: a moments pass and
+    an affine pass forward, one two-sum pass and one ``p * dY + q * (X - mean) + r`` pass
+    backward. x_hat is never stored: the kernels take X and the instance means."""
+
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics)
+        coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
+
+        def forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean, moving_variance):
+            n, c = x.shape[0], x.shape[1]
+            rows = x.reshape(n * c, -1)
+            mean, var = instance_kernels.moments(rows)
+            a, b, batch_mean, batch_var = coefficients(
+                mean.reshape(n, c), var.reshape(n, c), gamma, beta, center_weight, scale_weight,
+                scale_bias, moving_mean, moving_variance)
+            inv_std = ops.rsqrt(var + _scalar(eps, var.dtype))
+            y = instance_kernels.affine(rows, mean, a.reshape(-1) * inv_std, b.reshape(-1))
+            return y.reshape(x.shape), batch_mean, batch_var, mean, var
+
+        def backward(x, mean, var, dy, *vectors):
+            n, c = x.shape[0], x.shape[1]
+            rows, dy_rows = x.reshape(n * c, -1), dy.reshape(n * c, -1)
+            count = rows.shape[1]
+            sum_dy, sum_dy_centered = instance_kernels.sums(dy_rows, rows, mean)
+            inv_std = ops.rsqrt(var + _scalar(eps, var.dtype))
+            sum_dy_x_hat = sum_dy_centered * inv_std
+            a, d_mean, d_var, vector_grads = backward_coefficients(
+                mean, var, sum_dy.reshape(n, c), sum_dy_x_hat.reshape(n, c), vectors)
+            a_inv_std = a * inv_std
+            dx = instance_kernels.combine(dy_rows, rows, mean, a_inv_std,
+                                          (2 * d_var - a_inv_std * sum_dy_x_hat * inv_std) / count,
+                                          (d_mean - a_inv_std * sum_dy) / count)
+            return (dx.reshape(x.shape),) + vector_grads
+
+        self.forward = ms.jit(forward)
+        self.backward = ms.jit(backward)
+
+    def bprop(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
+              moving_variance, out, dout):
+        return self.backward(x, out[3], out[4], dout[0], gamma, beta, center_weight, scale_weight,
+                             scale_bias, moving_mean, moving_variance)
 
 
 def _as_instances(x):
@@ -269,35 +376,24 @@ def _instance_affine(x, scale, bias, eps, bn_infer):
     return bn_infer(x, scale * ops.sqrt(unit_var + eps), bias, ops.zeros((instances,), x.dtype), unit_var)[0]
 
 
-class _ChannelStatisticsKernel(nn.Cell):
-    """Eq. 12 for channel statistics with a hand-written backward.
+class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
+    """The channel path on MindSpore's BatchNorm primitive (any device target; no compiler needed).
 
-    Inputs: x and the seven (C,) vectors (gamma, beta, center_weight, scale_weight,
-    scale_bias, moving_mean, moving_variance). Outputs ``(y, batch_mean, batch_var, mean,
-    var, x_hat)``: the last three are saved for ``bprop``; the batch statistics are only
-    used to update the moving statistics, which is not differentiated (their gradient is
-    ignored, as in BatchNorm).
-
-    Forward and backward are each one ``ms.jit`` function: in PyNative their few dozen ops
-    would each cost a dispatch (most of them (N, C)-sized, where the dispatch is all the
-    cost); compiled they are one launch. In Graph mode they are inlined.
+    On CPU MindSpore's elementwise ops with a broadcast (N, C, 1, 1) operand are 5-15x slower
+    than plain elementwise ops, while its BatchNorm primitive does a per-channel moments pass and
+    a per-channel affine pass at full speed. X is therefore viewed as ``(1, N*C, S, 1)`` so that
+    "per channel" means "per instance" (float32; float64, which the primitive rejects, takes plain
+    ops). x_hat is saved for the backward: two reductions and two affine passes.
     """
 
     def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics):
-        super().__init__()
-        centering_statistic = _INSTANCE_STATISTICS[centering_stat]
-        scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
-        batch_moments = _batch_moments if batch_statistics else _moving_moments
-        grad_all = ops.GradOperation(get_all=True, sens_param=True)
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics)
+        coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
         # momentum=0: the training primitive writes its "moving statistics" inputs in place
         # (throw-away zeros/ones, which may be shared constants in Graph mode); with 0 it
         # writes back what was there.
         bn_train = ops.BatchNorm(is_training=True, epsilon=eps, momentum=0.0)
         bn_infer = ops.BatchNorm(is_training=False, epsilon=eps)
-
-        def coefficients(mean, var, *vectors):
-            return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
-                                          scaling_statistic, batch_moments)
 
         def forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean, moving_variance):
             n, c = x.shape[0], x.shape[1]
@@ -308,39 +404,23 @@ class _ChannelStatisticsKernel(nn.Cell):
             y = _instance_affine(x_hat, a.reshape(-1), b.reshape(-1), eps, bn_infer)
             return y.reshape(x.shape), batch_mean, batch_var, mean, var, x_hat
 
-        def backward(x, mean, var, x_hat, dy, gamma, beta, center_weight, scale_weight, scale_bias,
-                     moving_mean, moving_variance):
+        def backward(x, mean, var, x_hat, dy, *vectors):
             n, c = x.shape[0], x.shape[1]
             count = x.size // (n * c)
             dy = _as_instances(dy)
             sum_dy = dy.reshape(n * c, -1).sum(-1)
             sum_dy_x_hat = (dy * x_hat).reshape(n * c, -1).sum(-1)
-            inputs = (mean.reshape(n, c), var.reshape(n, c), gamma, beta, center_weight, scale_weight,
-                      scale_bias, moving_mean, moving_variance)
-            a = coefficients(*inputs)[0].reshape(-1)
-            # ops.zeros, not ops.zeros_like: in a Graph-mode bprop the latter fails to compile
-            # ("The func graph is empty ... zeros_like").
-            no_grad = ops.zeros((c,), x.dtype)
-            grads = grad_all(coefficients)(*inputs, (sum_dy_x_hat.reshape(n, c), sum_dy.reshape(n, c),
-                                                     no_grad, no_grad))
-            d_mean, d_var = grads[0].reshape(-1), grads[1].reshape(-1)
-            # x_hat = (X - mean) / std, mean and var = std^2 - eps being functions of X as well:
-            #   dX = (A / std) * (dY - sum_dy / S - x_hat * sum_dy_x_hat / S)    (through x_hat)
-            #        + d_mean / S + 2 * d_var * std * x_hat / S                  (through mean, var)
+            a, d_mean, d_var, vector_grads = backward_coefficients(
+                mean, var, sum_dy.reshape(n, c), sum_dy_x_hat.reshape(n, c), vectors)
             std = ops.sqrt(var + _scalar(eps, var.dtype))
             a_over_std = a / std
             dx = (_instance_affine(dy, a_over_std, (d_mean - a_over_std * sum_dy) / count, eps, bn_infer)
                   + _instance_affine(x_hat, (2 * d_var * std - a_over_std * sum_dy_x_hat) / count,
                                      ops.zeros(std.shape, std.dtype), eps, bn_infer))
-            return (dx.reshape(x.shape),) + tuple(grads[2:])
+            return (dx.reshape(x.shape),) + vector_grads
 
         self.forward = ms.jit(forward)
         self.backward = ms.jit(backward)
-
-    def construct(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
-                  moving_variance):
-        return self.forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
-                            moving_variance)
 
     def bprop(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
               moving_variance, out, dout):

@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -43,3 +44,15 @@ def test_console_script_is_installed():
     result = subprocess.run([str(script), "parity", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "--json" in result.stdout and "--framework" in result.stdout
+
+
+def test_wheel_ships_the_mindspore_kernel_source(tmp_path):
+    """rbn_mindspore compiles cpu_kernels.cc on first use: an installed wheel needs the source."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "--quiet", "--wheel-dir", str(tmp_path), str(root)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("rbn-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "rbn_mindspore/cpu_kernels.cc" in archive.namelist()
