@@ -86,6 +86,12 @@ def test_each_pass_matches_numpy(dtype, rows, cols):
                  p[:, None] * dy64 + q[:, None] * centered + r[:, None], dtype)
 
 
+def test_kernel_refuses_what_it_cannot_read():
+    """The C side checks the rank (a (rows, cols) view) and fails loudly instead of misreading."""
+    with pytest.raises(RuntimeError, match="RbnInstanceMoments"):
+        cpu_kernels.instance_kernels().moments(Tensor(np.ones((2, 3, 4), np.float32)))[0].asnumpy()
+
+
 def test_layer_uses_the_kernels_on_cpu():
     kernel = functional._channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True)
     assert isinstance(kernel, functional._FusedChannelKernel)
