@@ -2,7 +2,7 @@
 
 import jittor as jt
 import numpy as np
-from rbn_reference import PARAM_NAMES
+from rbn_reference import PARAM_NAMES, check_state_dict
 
 from .modules import RepresentativeBatchNorm
 
@@ -78,12 +78,13 @@ def load_numpy_state_dict(module, arrays, *, strict=True):
     """Load ``arrays`` (name -> NumPy array, Jittor Var or CPU PyTorch tensor) into ``module``.
 
     Unlike ``jittor.nn.Module.load_state_dict``, nothing is skipped silently: missing and
-    unexpected names (with ``strict``) and mis-shaped values (always) raise ONE ValueError
-    listing them all, and nothing is loaded then. Values are cast to the dtype of the Var
-    they replace. RBN parameters also load from the authors' ``(1, C, 1, 1)`` shape; a
-    missing ``num_batches_tracked`` keeps its count (checkpoints of Jittor's own BatchNorm
-    have none) and one addressed to a ``jittor.nn.BatchNorm`` is ignored (it keeps no
-    count). Returns ``(missing_keys, unexpected_keys)``.
+    unexpected names (with ``strict``) and mis-shaped values (always) raise ONE
+    ``rbn_reference.StateDictError`` (a ``KeyError`` and a ``ValueError``) listing them all, and
+    nothing is loaded then. Values are cast to the dtype of the Var they replace. RBN
+    parameters also load from the authors' ``(1, C, 1, 1)`` shape; a missing
+    ``num_batches_tracked`` keeps its count (checkpoints of Jittor's own BatchNorm have none)
+    and one addressed to a ``jittor.nn.BatchNorm`` is ignored (it keeps no count). Returns
+    ``(missing_keys, unexpected_keys)``.
     """
     targets = module.state_dict()
     owners = dict(module.named_modules())
@@ -104,14 +105,7 @@ def load_numpy_state_dict(module, arrays, *, strict=True):
                               f"(got {tuple(np.shape(value))})")
             continue
         values[name] = array.astype(str(target.dtype))
-    problems = list(mis_shaped)
-    if strict and missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    if problems:
-        raise ValueError(f"Error(s) in loading state_dict for {type(module).__name__}:\n  "
-                         + "\n  ".join(problems))
+    check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
     with jt.flag_scope(auto_convert_64_to_32=0):  # else float64 arrays arrive as float32
         for name, array in values.items():
             targets[name].update(jt.array(array))

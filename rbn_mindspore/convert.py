@@ -9,6 +9,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from rbn_reference import check_state_dict
+
 from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
                       _RepresentativeBatchNorm)
 
@@ -98,11 +100,11 @@ def state_dict_to_numpy(cell):
 def load_numpy_state_dict(cell, arrays, *, strict=True):
     """Load canonical-name NumPy ``arrays`` (what the other frameworks export) into ``cell``.
 
-    Raises one error listing all problems: ``ValueError`` if any array has the wrong shape,
-    else ``KeyError`` for missing or unexpected keys (ignored when ``strict=False``). RBN
-    vectors are also accepted in the authors' (1, C, 1, 1) shape. ``num_batches_tracked`` is
-    optional both ways (MindSpore's BatchNorm has none). Values are cast to each Parameter's
-    dtype. Returns ``cell``.
+    Raises one ``rbn_reference.StateDictError`` (a ``KeyError`` and a ``ValueError``) listing
+    every mis-shaped array and, unless ``strict=False``, every missing or unexpected key; nothing
+    is loaded then. RBN vectors are also accepted in the authors' (1, C, 1, 1) shape.
+    ``num_batches_tracked`` is optional both ways (MindSpore's BatchNorm has none). Values are
+    cast to each Parameter's dtype. Returns ``cell``.
     """
     params = canonical_parameters(cell)
     cells = dict(cell.cells_and_names())
@@ -120,7 +122,7 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
         if value.shape != want:
             shape_problems.append(f"{name}: expected shape {want} (got {value.shape})")
         values[name] = value
-    _raise_problems("state dict", missing, unexpected, shape_problems, strict)
+    check_state_dict("state dict", missing, unexpected, shape_problems, strict=strict)
     for name, value in values.items():
         param = params[name]
         param.set_data(Tensor(value, dtype=param.dtype))
@@ -129,19 +131,6 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
 
 def _leaf(name):
     return name.rpartition(".")[2]
-
-
-def _raise_problems(what, missing, unexpected, shape_problems, strict):
-    """One error for everything: ValueError if some shape is wrong, else KeyError (strict only)."""
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys {missing}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if shape_problems:
-        raise ValueError(f"cannot load {what}: " + "; ".join(shape_problems + problems))
-    if problems:
-        raise KeyError(f"cannot load {what}: " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------- MindSpore extras
@@ -161,7 +150,7 @@ def load_checkpoint(cell, ckpt_file_name, *, strict=True):
     shape_problems = [f"{name}: expected shape {tuple(params[name].shape)} (got {tuple(param_dict[name].shape)})"
                       for name in sorted(set(params) & set(param_dict))
                       if tuple(param_dict[name].shape) != tuple(params[name].shape)]
-    _raise_problems(ckpt_file_name, missing, unexpected, shape_problems, strict)
+    check_state_dict(ckpt_file_name, missing, unexpected, shape_problems, strict=strict)
     not_loaded, _ = ms.load_param_into_net(cell, param_dict)
     if set(not_loaded) - set(missing):  # its own checks (dtype) failed silently
         raise ValueError(f"load_param_into_net did not load {sorted(set(not_loaded) - set(missing))}")

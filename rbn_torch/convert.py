@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rbn_reference import check_state_dict
+
 from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
                       _RepresentativeBatchNorm)
 
@@ -81,21 +83,17 @@ def state_dict_to_numpy(module):
 def load_numpy_state_dict(module, arrays, *, strict=True):
     """Load canonical-name NumPy ``arrays`` into ``module``, checking every key first.
 
-    Raises one error listing all problems: ``ValueError`` if any array has the wrong shape,
-    else ``KeyError`` for missing or unexpected keys (ignored when ``strict=False``). RBN
-    parameters are also accepted in the authors' (1, C, 1, 1) shape.
+    Raises one ``rbn_reference.StateDictError`` (a ``KeyError`` and a ``ValueError``) listing
+    every mis-shaped array and, unless ``strict=False``, every missing or unexpected key; nothing
+    is loaded then. RBN parameters are also accepted in the authors' (1, C, 1, 1) shape.
     """
     expected = module.state_dict()
     rbn_parameters = {f"{prefix}.{name}" if prefix else name
                       for prefix, layer in module.named_modules() if isinstance(layer, _RepresentativeBatchNorm)
                       for name, _ in layer.named_parameters(recurse=False)}
-    problems, shape_problems = [], []
-    missing = sorted(set(expected) - set(arrays))
-    unexpected = sorted(set(arrays) - set(expected))
-    if strict and missing:
-        problems.append(f"missing keys {missing}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+    missing = set(expected) - set(arrays)
+    unexpected = set(arrays) - set(expected)
+    shape_problems = []
     tensors = {}
     for name in sorted(set(expected) & set(arrays)):
         value = np.asarray(arrays[name])
@@ -105,9 +103,6 @@ def load_numpy_state_dict(module, arrays, *, strict=True):
         if value.shape != want:
             shape_problems.append(f"{name}: expected shape {want} (got {value.shape})")
         tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
-    if shape_problems:
-        raise ValueError("cannot load state dict: " + "; ".join(shape_problems + problems))
-    if problems:
-        raise KeyError("cannot load state dict: " + "; ".join(problems))
+    check_state_dict("state dict", missing, unexpected, shape_problems, strict=strict)
     module.load_state_dict(tensors, strict=False)
     return module

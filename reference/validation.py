@@ -41,3 +41,29 @@ def check_pairs(present):
     for first, second in (("weight", "bias"), ("scale_weight", "scale_bias")):
         if first in present and present[first] != present.get(second):
             raise ValueError(f"{first!r} and {second!r} must be given together or not at all")
+
+
+class StateDictError(KeyError, ValueError):
+    """A state dict that does not fit the model: missing, unexpected or mis-shaped entries.
+
+    Every framework package raises it, so one ``except`` works for all three. It is a
+    ``KeyError`` (names) and a ``ValueError`` (shapes) at once: code written for either keeps
+    working.
+    """
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def check_state_dict(what, missing, unexpected, mis_shaped, *, strict):
+    """Raise one ``StateDictError`` listing every problem (names only count when ``strict``).
+
+    ``mis_shaped``: one "name: expected shape ... (got ...)" line per array.
+    """
+    problems = list(mis_shaped)
+    if strict and missing:
+        problems.append(f"missing keys {sorted(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys {sorted(unexpected)}")
+    if problems:
+        raise StateDictError(f"cannot load {what}: " + "; ".join(problems))

@@ -214,3 +214,15 @@ def test_one_value_per_channel_is_fine_in_eval_with_running_stats():
     assert y.shape == (1, 4, 1, 1)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         rbn_reference.forward(x[:1, :, :1, :1], params, None, training=False)
+
+
+def test_state_dict_error_lists_every_problem_and_is_key_and_value_error():
+    with pytest.raises(rbn_reference.StateDictError) as error:
+        rbn_reference.check_state_dict("net.ckpt", {"b", "a"}, ["z"], ["w: expected shape (3,) (got (4,))"],
+                                       strict=True)
+    assert isinstance(error.value, KeyError) and isinstance(error.value, ValueError)
+    assert str(error.value) == ("cannot load net.ckpt: w: expected shape (3,) (got (4,)); "
+                                "missing keys ['a', 'b']; unexpected keys ['z']")
+    rbn_reference.check_state_dict("net.ckpt", ["a"], ["z"], [], strict=False)  # names ignored
+    with pytest.raises(rbn_reference.StateDictError, match=r"^cannot load x: w: bad$"):
+        rbn_reference.check_state_dict("x", ["a"], [], ["w: bad"], strict=False)

@@ -391,8 +391,9 @@ def test_numpy_state_dict_reports_every_problem():
     arrays = state_dict_to_numpy(layer)
     del arrays["scale_bias"], arrays["running_var"]
     arrays["extra"] = np.zeros(3)
-    with pytest.raises(KeyError) as error:
+    with pytest.raises(rbn_reference.StateDictError) as error:
         load_numpy_state_dict(layer, arrays)
+    assert isinstance(error.value, KeyError) and isinstance(error.value, ValueError)
     assert "missing keys ['running_var', 'scale_bias']" in str(error.value)
     assert "unexpected keys ['extra']" in str(error.value)
     arrays["weight"] = np.ones(4, dtype=np.float32)
