@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -35,8 +36,8 @@ def _cache_dir():
     return pathlib.Path(os.environ.get("RBN_CACHE_DIR", default))
 
 
-def _compiler_version(compiler):
-    result = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True)
+def _compiler_version(command):
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True, check=True)
     return result.stdout
 
 
@@ -48,10 +49,11 @@ def build(compiler=None):
     Raises ``RuntimeError`` with the compiler's output if compiling fails.
     """
     compiler = compiler or os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
+    command = shlex.split(compiler)  # CXX may carry a launcher or flags: "ccache g++"
+    if not command or shutil.which(command[0]) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(compiler).encode()).hexdigest()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(command).encode()).hexdigest()
     library = _cache_dir() / f"rbn_mindspore_cpu_kernels-{key[:16]}.so"
     if library.exists():
         return library
@@ -59,9 +61,10 @@ def build(compiler=None):
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=library.parent)
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", temporary], capture_output=True, text=True)
+        result = subprocess.run([*command, *FLAGS, str(SOURCE), "-o", temporary], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} with {compiler} failed:\n{result.stderr}")
+        os.chmod(temporary, 0o755)  # mkstemp made it private; a cache may be shared
         os.replace(temporary, library)
     finally:
         if os.path.exists(temporary):
