@@ -273,7 +273,6 @@ class _ChannelStatisticsKernel(nn.Cell):
         centering_statistic = _INSTANCE_STATISTICS[centering_stat]
         scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
         batch_moments = _batch_moments if batch_statistics else _moving_moments
-        self.eps = eps
 
         def coefficients(mean, var, *vectors):
             return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
