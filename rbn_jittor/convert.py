@@ -2,7 +2,7 @@
 
 import jittor as jt
 import numpy as np
-from rbn_reference import PARAM_NAMES, check_state_dict
+from rbn_reference import PARAM_NAMES, check_state_dict, fit_shape
 
 from .modules import RepresentativeBatchNorm
 
@@ -92,19 +92,18 @@ def load_numpy_state_dict(module, arrays, *, strict=True):
                and name.rpartition(".")[2] != "num_batches_tracked"]
     unexpected = [name for name in arrays if name not in targets
                   and not _is_batch_norm_count(name, owners)]
-    mis_shaped = []
+    mis_shaped = {}
     values = {}
     for name, value in arrays.items():
         if name not in targets:
             continue
         target = targets[name]
         array = value.numpy() if isinstance(value, jt.Var) else np.asarray(value)
-        array = _to_target_shape(name, array, tuple(target.shape), owners)
-        if array is None:
-            mis_shaped.append(f"{name}: expected shape {tuple(target.shape)} "
-                              f"(got {tuple(np.shape(value))})")
+        fitted = _to_target_shape(name, array, tuple(target.shape), owners)
+        if fitted is None:
+            mis_shaped[name] = (tuple(target.shape), array.shape)
             continue
-        values[name] = array.astype(str(target.dtype))
+        values[name] = fitted.astype(str(target.dtype))
     check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
     with jt.flag_scope(auto_convert_64_to_32=0):  # else float64 arrays arrive as float32
         for name, array in values.items():
@@ -123,13 +122,8 @@ def _is_batch_norm_count(name, owners):
 
 def _to_target_shape(name, array, shape, owners):
     """``array`` reshaped to ``shape`` if it is an accepted form of it, else None."""
-    if array.shape == shape:
-        return array
     leaf = name.rpartition(".")[2]
     if leaf == "num_batches_tracked" and array.size == 1:
         return array.reshape(shape)
-    authors_shape = (1,) + shape + (1, 1)
-    if (leaf in PARAM_NAMES and isinstance(_owner(name, owners), RepresentativeBatchNorm)
-            and array.shape == authors_shape):
-        return array.reshape(shape)
-    return None
+    return fit_shape(array, shape, rbn_vector=leaf in PARAM_NAMES
+                     and isinstance(_owner(name, owners), RepresentativeBatchNorm))

@@ -9,7 +9,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from rbn_reference import check_state_dict
+from rbn_reference import check_state_dict, fit_shape
 
 from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
                       _RepresentativeBatchNorm)
@@ -112,17 +112,16 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
                    if isinstance(cells.get(name.rpartition(".")[0]), _RepresentativeBatchNorm)}
     missing = sorted(name for name in set(params) - set(arrays) if _leaf(name) not in OPTIONAL_NAMES)
     unexpected = sorted(name for name in set(arrays) - set(params) if _leaf(name) not in OPTIONAL_NAMES)
-    shape_problems = []
+    mis_shaped = {}
     values = {}
-    for name in sorted(set(params) & set(arrays)):
+    for name in set(params) & set(arrays):
         value = np.asarray(arrays[name])
-        want = tuple(params[name].shape)
-        if name in rbn_vectors and value.shape == (1, *want, 1, 1):
-            value = value.reshape(want)
-        if value.shape != want:
-            shape_problems.append(f"{name}: expected shape {want} (got {value.shape})")
-        values[name] = value
-    check_state_dict("state dict", missing, unexpected, shape_problems, strict=strict)
+        fitted = fit_shape(value, params[name].shape, rbn_vector=name in rbn_vectors)
+        if fitted is None:
+            mis_shaped[name] = (tuple(params[name].shape), value.shape)
+        else:
+            values[name] = fitted
+    check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
     for name, value in values.items():
         param = params[name]
         param.set_data(Tensor(value, dtype=param.dtype))
@@ -147,10 +146,10 @@ def load_checkpoint(cell, ckpt_file_name, *, strict=True):
     params = {param.name: param for param in cell.get_parameters()}  # the names checkpoints use
     missing = sorted(set(params) - set(param_dict))
     unexpected = sorted(set(param_dict) - set(params))
-    shape_problems = [f"{name}: expected shape {tuple(params[name].shape)} (got {tuple(param_dict[name].shape)})"
-                      for name in sorted(set(params) & set(param_dict))
-                      if tuple(param_dict[name].shape) != tuple(params[name].shape)]
-    check_state_dict(ckpt_file_name, missing, unexpected, shape_problems, strict=strict)
+    mis_shaped = {name: (tuple(params[name].shape), tuple(param_dict[name].shape))
+                  for name in set(params) & set(param_dict)
+                  if tuple(param_dict[name].shape) != tuple(params[name].shape)}
+    check_state_dict(ckpt_file_name, missing, unexpected, mis_shaped, strict=strict)
     not_loaded, _ = ms.load_param_into_net(cell, param_dict)
     if set(not_loaded) - set(missing):  # its own checks (dtype) failed silently
         raise ValueError(f"load_param_into_net did not load {sorted(set(not_loaded) - set(missing))}")

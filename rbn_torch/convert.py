@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rbn_reference import check_state_dict
+from rbn_reference import check_state_dict, fit_shape
 
 from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
                       _RepresentativeBatchNorm)
@@ -93,16 +93,15 @@ def load_numpy_state_dict(module, arrays, *, strict=True):
                       for name, _ in layer.named_parameters(recurse=False)}
     missing = set(expected) - set(arrays)
     unexpected = set(arrays) - set(expected)
-    shape_problems = []
+    mis_shaped = {}
     tensors = {}
-    for name in sorted(set(expected) & set(arrays)):
+    for name in set(expected) & set(arrays):
         value = np.asarray(arrays[name])
-        want = tuple(expected[name].shape)
-        if name in rbn_parameters and value.shape == (1, *want, 1, 1):
-            value = value.reshape(want)
-        if value.shape != want:
-            shape_problems.append(f"{name}: expected shape {want} (got {value.shape})")
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
-    check_state_dict("state dict", missing, unexpected, shape_problems, strict=strict)
+        fitted = fit_shape(value, expected[name].shape, rbn_vector=name in rbn_parameters)
+        if fitted is None:
+            mis_shaped[name] = (tuple(expected[name].shape), value.shape)
+        else:
+            tensors[name] = torch.from_numpy(np.ascontiguousarray(fitted))
+    check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
     module.load_state_dict(tensors, strict=False)
     return module

@@ -7,8 +7,8 @@ Importing this package never imports a deep-learning framework.
 from .rbn import PARAM_NAMES, STATE_NAMES, Cache, backward, forward
 from .statistics import STATISTICS
 from .validation import (StateDictError, check_channel_vectors, check_input, check_pairs, check_state_dict,
-                         check_statistic)
+                         check_statistic, fit_shape)
 
 __all__ = ["forward", "backward", "Cache", "STATISTICS", "PARAM_NAMES", "STATE_NAMES",
            "check_input", "check_channel_vectors", "check_pairs", "check_statistic", "check_state_dict",
-           "StateDictError"]
+           "fit_shape", "StateDictError"]

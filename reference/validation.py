@@ -55,12 +55,24 @@ class StateDictError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+def fit_shape(array, shape, *, rbn_vector):
+    """``array`` in ``shape``: as it is or, for an RBN vector, from the authors' released
+    ``(1, C, 1, 1)`` form; None when it fits neither."""
+    shape = tuple(shape)
+    if array.shape == shape:
+        return array
+    if rbn_vector and array.shape == (1, *shape, 1, 1):
+        return array.reshape(shape)
+    return None
+
+
 def check_state_dict(what, missing, unexpected, mis_shaped, *, strict):
     """Raise one ``StateDictError`` listing every problem (names only count when ``strict``).
 
-    ``mis_shaped``: one "name: expected shape ... (got ...)" line per array.
+    ``mis_shaped``: ``{name: (expected shape, shape that came)}``.
     """
-    problems = list(mis_shaped)
+    problems = [f"{name}: expected shape {tuple(want)} (got {tuple(got)})"
+                for name, (want, got) in sorted(mis_shaped.items())]
     if strict and missing:
         problems.append(f"missing keys {sorted(missing)}")
     if strict and unexpected:

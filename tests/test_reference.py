@@ -218,11 +218,21 @@ def test_one_value_per_channel_is_fine_in_eval_with_running_stats():
 
 def test_state_dict_error_lists_every_problem_and_is_key_and_value_error():
     with pytest.raises(rbn_reference.StateDictError) as error:
-        rbn_reference.check_state_dict("net.ckpt", {"b", "a"}, ["z"], ["w: expected shape (3,) (got (4,))"],
-                                       strict=True)
+        rbn_reference.check_state_dict("net.ckpt", {"b", "a"}, ["z"], {"w": ((3,), (4,))}, strict=True)
     assert isinstance(error.value, KeyError) and isinstance(error.value, ValueError)
     assert str(error.value) == ("cannot load net.ckpt: w: expected shape (3,) (got (4,)); "
                                 "missing keys ['a', 'b']; unexpected keys ['z']")
-    rbn_reference.check_state_dict("net.ckpt", ["a"], ["z"], [], strict=False)  # names ignored
-    with pytest.raises(rbn_reference.StateDictError, match=r"^cannot load x: w: bad$"):
-        rbn_reference.check_state_dict("x", ["a"], [], ["w: bad"], strict=False)
+    rbn_reference.check_state_dict("net.ckpt", ["a"], ["z"], {}, strict=False)  # names ignored
+    with pytest.raises(rbn_reference.StateDictError,
+                       match=r"^cannot load x: v: expected shape \(2,\) \(got \(\)\); w: expected shape \(3,\) \(got \(3, 1\)\)$"):
+        rbn_reference.check_state_dict("x", ["a"], [], {"w": ((3,), (3, 1)), "v": ((2,), ())}, strict=False)
+
+
+def test_fit_shape_takes_the_authors_form_of_rbn_vectors_only():
+    vector = np.arange(3.0)
+    assert rbn_reference.fit_shape(vector, (3,), rbn_vector=False) is vector
+    authors = vector.reshape(1, 3, 1, 1)
+    np.testing.assert_array_equal(rbn_reference.fit_shape(authors, (3,), rbn_vector=True), vector)
+    assert rbn_reference.fit_shape(authors, (3,), rbn_vector=False) is None
+    assert rbn_reference.fit_shape(vector.reshape(3, 1), (3,), rbn_vector=True) is None
+    assert rbn_reference.fit_shape(vector, (4,), rbn_vector=True) is None
