@@ -1,13 +1,8 @@
 """Representative BatchNorm (Gao et al., CVPR 2021) for Jittor."""
 
-import glob
-import os
+from rbn.frameworks import lazy_submodules, set_jittor_environment
 
-# Jittor reads these at import: without network it must not fetch oneDNN (use_mkl), and
-# with an nvcc but no GPU it fails to load libcudart unless nvcc_path is empty.
-os.environ.setdefault("use_mkl", "0")
-if "nvcc_path" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
-    os.environ["nvcc_path"] = ""
+set_jittor_environment()  # read by Jittor at import: offline, no GPU
 
 from . import functional  # noqa: E402
 from .convert import convert_bn_to_rbn, load_numpy_state_dict, state_dict_to_numpy  # noqa: E402
@@ -27,4 +22,9 @@ __all__ = [
     "state_dict_to_numpy",
     "load_numpy_state_dict",
     "functional",
+    "models",
 ]
+
+
+# ``import rbn_jittor`` then ``rbn_jittor.models``, as with torchvision, without loading the zoo on import.
+__getattr__ = lazy_submodules(__name__, "models")

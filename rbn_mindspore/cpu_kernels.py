@@ -18,11 +18,12 @@ import pathlib
 import shlex
 import shutil
 import subprocess
-import tempfile
 import warnings
 
 import mindspore as ms
 from mindspore import ops
+
+from rbn.files import atomic_output
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
 # No -march=native: a cache directory may be shared by machines of different CPUs. The passes are
@@ -58,17 +59,12 @@ def build(compiler=None):
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".so", dir=library.parent)
-    os.close(handle)
-    try:
+    # A concurrent build may finish first: the last rename wins, and both files are whole.
+    with atomic_output(library, force=True) as temporary:
         result = subprocess.run([*command, *FLAGS, str(SOURCE), "-o", temporary], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} with {compiler} failed:\n{result.stderr}")
         os.chmod(temporary, 0o755)  # mkstemp made it private; a cache may be shared
-        os.replace(temporary, library)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return library
 
 

@@ -1,8 +1,14 @@
 """Representative Batch Normalization (Gao et al., CVPR 2021) for PyTorch."""
 
+from rbn.frameworks import lazy_submodules
+
 from . import functional
 from .convert import convert_bn_to_rbn, load_numpy_state_dict, state_dict_to_numpy
 from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
 
 __all__ = ["RepresentativeBatchNorm1d", "RepresentativeBatchNorm2d", "RepresentativeBatchNorm3d",
-           "convert_bn_to_rbn", "state_dict_to_numpy", "load_numpy_state_dict", "functional"]
+           "convert_bn_to_rbn", "state_dict_to_numpy", "load_numpy_state_dict", "functional", "models"]
+
+
+# ``import rbn_torch`` then ``rbn_torch.models``, as with torchvision, without loading the zoo on import.
+__getattr__ = lazy_submodules(__name__, "models")

@@ -12,7 +12,8 @@ import numpy as np
 from .statistics import instance_statistic, instance_statistic_backward
 from .validation import check_channel_vectors, check_input, check_pairs, check_statistic
 
-PARAM_NAMES = ("weight", "bias", "center_weight", "scale_weight", "scale_bias")
+CALIBRATION_NAMES = ("center_weight", "scale_weight", "scale_bias")  # w_m, w_v, w_b
+PARAM_NAMES = ("weight", "bias", *CALIBRATION_NAMES)
 STATE_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 

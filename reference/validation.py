@@ -14,17 +14,18 @@ def check_statistic(argname, value):
         raise ValueError(f"{argname} must be one of {', '.join(STATISTICS)} (got {value!r})")
 
 
-def check_input(shape, dtype, is_floating, *, uses_batch_statistics):
+def check_input(shape, dtype, is_floating, *, uses_batch_statistics, processes=1):
     """An (N, C, *spatial) floating-point input with 0 to 3 spatial dims.
 
-    With batch statistics each channel needs more than one value (as ``F.batch_norm``).
+    With batch statistics each channel needs more than one value (as ``F.batch_norm``), counted
+    over the ``processes`` that share the batch statistics (each holding this shape).
     """
     shape = tuple(shape)
     if not is_floating:
         raise TypeError(f"expected a floating-point input (got {dtype})")
     if not 2 <= len(shape) <= 5:
         raise ValueError(f"expected 2D to 5D input (got {len(shape)}D input)")
-    if uses_batch_statistics and math.prod(shape[:1] + shape[2:]) == 1:
+    if uses_batch_statistics and math.prod(shape[:1] + shape[2:]) * processes == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
 
 
@@ -36,11 +37,21 @@ def check_channel_vectors(channels, shapes):
                              f"(got {tuple(shape)})")
 
 
+PAIRS = (("weight", "bias"), ("scale_weight", "scale_bias"), ("running_mean", "running_var"))
+
+
 def check_pairs(present):
-    """Parameters that only make sense together (name -> whether given) are given together."""
-    for first, second in (("weight", "bias"), ("scale_weight", "scale_bias")):
+    """Arguments that only make sense together (name -> whether given) are given together."""
+    for first, second in PAIRS:
         if first in present and present[first] != present.get(second):
             raise ValueError(f"{first!r} and {second!r} must be given together or not at all")
+
+
+def check_dtypes(dtype, dtypes):
+    """Every per-channel vector (name -> dtype, None when absent) has the input's ``dtype``."""
+    for name, value in dtypes.items():
+        if value is not None and value != dtype:
+            raise TypeError(f"{name} has dtype {value}, expected the input's {dtype}")
 
 
 class StateDictError(KeyError, ValueError):

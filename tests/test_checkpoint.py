@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("safetensors")
-from rbn_reference import checkpoint  # noqa: E402
-from rbn_reference.checkpoint import Checkpoint, CheckpointError  # noqa: E402
-from rbn_reference.cli import main  # noqa: E402
+from rbn import checkpoint  # noqa: E402
+from rbn.checkpoint import Checkpoint, CheckpointError  # noqa: E402
+from rbn.cli import main  # noqa: E402
 from test_models import random_state  # noqa: E402
 
 ARCH = "resnet18"

@@ -10,7 +10,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from rbn_reference import checkpoint
+from rbn import checkpoint
 from rbn_reference.parity import assert_checks, compare
 from tolerances import tolerance
 

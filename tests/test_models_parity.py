@@ -1,7 +1,7 @@
 """The same network in PyTorch, MindSpore and Jittor: same arrays, same logits, same SGD step.
 
 The same canonical arrays are loaded in every framework (and, for the round trip, carried
-through every file format by ``rbn_reference.checkpoint.convert``); every comparison is a
+through every file format by ``rbn.checkpoint.convert``); every comparison is a
 parity Check against PyTorch under the one float32 tolerance (see the SGD test for the
 widening its ill-conditioned gradients need).
 """
@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("mindspore")
 pytest.importorskip("jittor")
 
-from rbn_reference import checkpoint  # noqa: E402
+from rbn import checkpoint  # noqa: E402
 from rbn_reference.parity import assert_checks, compare  # noqa: E402
 from test_models import BATCH, SMALL, random_state  # noqa: E402
 from tolerances import peer_tolerance, tolerance  # noqa: E402

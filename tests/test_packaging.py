@@ -17,7 +17,7 @@ def run_python(code):
 
 def test_reference_imports_no_framework():
     result = run_python(
-        "import sys, rbn_reference, rbn_reference.parity, rbn_reference.cli\n"
+        "import sys, rbn_reference, rbn_reference.parity, rbn, rbn.cli, rbn.checkpoint, rbn.frameworks\n"
         f"print(sorted(set({list(FRAMEWORKS)!r}) & set(sys.modules)))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from rbn_reference import cli, parity
+from rbn import cli, frameworks
+from rbn_reference import parity
 from rbn_reference.parity import run_reference
 
 CASE = next(case for case in parity.CASES if case.id == "2d-mu_c-sigma_c")
@@ -90,8 +91,10 @@ def fake_frameworks(tmp_path, monkeypatch):
         "from test_parity_harness import broken, perturb_y\nrun_module = broken(perturb_y)\n"
         "FRAMEWORK='bad'\ndef version(): return '0.1'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "FRAMEWORKS", {"numpy": "good_adapter", "json": "bad_adapter",
-                                            "no_such_framework_here": "x"})
+    monkeypatch.setattr(frameworks, "FRAMEWORKS", (
+        frameworks.Framework("numpy", "numpy", "good_adapter", ""),
+        frameworks.Framework("json", "json", "bad_adapter", ""),
+        frameworks.Framework("no_such_framework_here", "", "x", "")))
     monkeypatch.setattr(cli, "reference_rows", lambda: [])  # the oracle's own rows are tested above
     monkeypatch.setattr(parity, "CASES", (CASE,))
 

@@ -1,4 +1,4 @@
-"""Jittor side of ``rbn_reference.checkpoint``: checkpoint files and whole-model glue.
+"""Jittor side of ``rbn.checkpoint``: checkpoint files and whole-model glue.
 
 Every framework's ``models/porting.py`` offers the same names: ``read``/``write`` (a file
 as framework-named NumPy arrays), ``to_canonical``/``from_canonical`` (names),

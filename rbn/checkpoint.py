@@ -7,31 +7,28 @@ file the weights came from, kept through neutral files), ``arch``, ``norm`` ("rb
 dict (``torch.save``), a Jittor ``jt.save`` pickle, a MindSpore ``save_checkpoint`` file.
 
 This module never imports a framework at import time: each framework's side lives in
-``rbn_<fw>.models.porting`` (read/write its files, map names, build/load/run a zoo model)
+``rbn_<fw>.models.porting`` (see ``rbn.frameworks``) (read/write its files, map names, build/load/run a zoo model)
 and is imported when a conversion needs it.
 """
 
 import functools
-import importlib
-import importlib.util
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
-from .files import atomic_output
-from .parity import compare
-from .tolerances import tolerance
-from .validation import check_statistic
+from rbn_reference import CALIBRATION_NAMES, check_statistic
+from rbn_reference.parity import compare
+from rbn_reference.tolerances import tolerance
 
-FORMATS = ("torch", "jittor", "mindspore", "neutral")
-FRAMEWORKS = ("torch", "mindspore", "jittor")  # the safe import order (see ``adapter``)
+from . import frameworks
+from .files import atomic_output
+
+FORMATS = (*frameworks.names(), "neutral")
 SUFFIXES = {"torch": (".pt", ".pth"), "jittor": (".pkl",), "mindspore": (".ckpt",), "neutral": (".safetensors",)}
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2",
                  "res2net50_26w_4s")
 NEUTRAL_FORMAT = "rbn-neutral/1"
-RBN_PARAMS = ("center_weight", "scale_weight", "scale_bias")
 # The seeded batch of --verify: small enough for a CPU, large enough that every stage of
 # the networks above still has more than one value per channel in train mode.
 VERIFY_SHAPE = (2, 3, 64, 64)
@@ -56,12 +53,8 @@ class Checkpoint(NamedTuple):
 
 def adapter(framework):
     """``rbn_<framework>.models.porting``, or a CheckpointError saying what is missing."""
-    if framework == "jittor" and "jittor" not in sys.modules and importlib.util.find_spec("mindspore"):
-        # Jittor loaded before MindSpore makes every MindSpore CPU op segfault afterwards
-        # (std::regex in libmindspore_tools, checked here): MindSpore comes in first.
-        importlib.import_module("mindspore")
     try:
-        return importlib.import_module(f"rbn_{framework}.models.porting")
+        return frameworks.import_module(framework, frameworks.get(framework).porting)
     except ImportError as error:
         raise CheckpointError(f"the {framework} format needs {framework}, which cannot be imported ({error})") from None
 
@@ -87,12 +80,12 @@ def detect_format(path, fmt=None, *, writing=False):
 
 def is_rbn(arrays):
     """Whether the arrays have RBN layers (any calibration parameter), not only BatchNorm."""
-    return any(name.rpartition(".")[2] in RBN_PARAMS for name in arrays)
+    return any(name.rpartition(".")[2] in CALIBRATION_NAMES for name in arrays)
 
 
 def _norm_prefixes(arrays):
     return {name.rpartition(".")[0] for name in arrays
-            if name.rpartition(".")[2] in ("running_mean",) + RBN_PARAMS}
+            if name.rpartition(".")[2] in ("running_mean",) + CALIBRATION_NAMES}
 
 
 def canonicalize(arrays):
@@ -192,10 +185,10 @@ def _framework_of(fmt):
     """The framework that stands for ``fmt``: itself, or for a neutral file the first installed."""
     if fmt != "neutral":
         return fmt
-    for framework in FRAMEWORKS:
-        if importlib.util.find_spec(framework) is not None:
-            return framework
-    raise CheckpointError("checking a neutral checkpoint needs one of torch, mindspore, jittor installed")
+    for framework in frameworks.FRAMEWORKS:
+        if framework.installed():
+            return framework.name
+    raise CheckpointError(f"checking a neutral checkpoint needs one of {', '.join(frameworks.names())} installed")
 
 
 def build(framework, arch, num_classes, batchnorm=False, **rbn_options):

@@ -1,20 +1,16 @@
 """The ``rbn`` command."""
 
 import argparse
-import importlib
-import importlib.util
 import json
 import math
 import sys
 from typing import NamedTuple, Optional
 
-from . import checkpoint, parity
-from .files import atomic_output
-from .statistics import STATISTICS
+from rbn_reference import STATISTICS, parity
 
-# Import order torch, mindspore, jittor: the other orders print a harmless Cell.__del__
-# message at exit (shared/notes/frameworks.md).
-FRAMEWORKS = {"torch": "rbn_torch.parity", "mindspore": "rbn_mindspore.parity", "jittor": "rbn_jittor.parity"}
+from . import checkpoint, frameworks
+from .files import atomic_output
+
 FRAMEWORK_GROUPS = ("forward (train)", "forward (eval)", "grad x", "grads of parameters", "running statistics")
 REFERENCE_GROUPS = ("grad x (finite diff)", "grads of parameters (finite diff)")
 
@@ -57,9 +53,9 @@ def reference_rows():
 
 
 def framework_rows(framework, dtypes):
-    if importlib.util.find_spec(framework) is None:
-        return [Row(framework, "", "-", "-", 0, None, None, "not installed", "")]
-    adapter = importlib.import_module(FRAMEWORKS[framework])
+    if not framework.installed():
+        return [Row(framework.name, "", "-", "-", 0, None, None, "not installed", "")]
+    adapter = frameworks.import_module(framework.name, framework.parity)
     checks, unsupported = [], []
     for dtype in dtypes:
         for mode in parity.MODES:
@@ -68,9 +64,9 @@ def framework_rows(framework, dtypes):
                     checks += parity.check_case(adapter.run_module, case, dtype, mode == "train")
                 except parity.NotSupported as reason:
                     unsupported.append(f"{case.id} {mode} {dtype}: {reason}")
-    rows = summarize(framework, adapter.version(), checks, FRAMEWORK_GROUPS, dtypes)
+    rows = summarize(framework.name, adapter.version(), checks, FRAMEWORK_GROUPS, dtypes)
     if unsupported:
-        rows.append(Row(framework, adapter.version(), "not supported", "-", len(unsupported),
+        rows.append(Row(framework.name, adapter.version(), "not supported", "-", len(unsupported),
                         None, None, "not supported", "; ".join(unsupported)))
     return rows
 
@@ -96,12 +92,12 @@ def format_table(rows):
 
 def run_parity(args):
     rows = reference_rows()
-    for framework in args.framework or FRAMEWORKS:
-        print(f"rbn parity: checking {framework} ...", file=sys.stderr, flush=True)
+    for name in args.framework or frameworks.names():
+        print(f"rbn parity: checking {name} ...", file=sys.stderr, flush=True)
         try:
-            rows += framework_rows(framework, args.dtype or parity.DTYPES)
+            rows += framework_rows(frameworks.get(name), args.dtype or parity.DTYPES)
         except Exception as error:  # a broken framework is a FAIL row, not a crash of the report
-            rows.append(Row(framework, "", "-", "-", 0, None, None, "FAIL", f"{type(error).__name__}: {error}"))
+            rows.append(Row(name, "", "-", "-", 0, None, None, "FAIL", f"{type(error).__name__}: {error}"))
     if args.json is None:
         print(format_table(rows))
     else:
@@ -143,7 +139,7 @@ def build_parser():
         "parity", help="check every installed framework against the NumPy oracle",
         description="Run the seeded parity cases through each installed framework's RepresentativeBatchNorm "
                     "and compare outputs, gradients and running statistics with the NumPy oracle.")
-    parity_parser.add_argument("--framework", action="append", choices=list(FRAMEWORKS),
+    parity_parser.add_argument("--framework", action="append", choices=frameworks.names(),
                                help="only this framework (repeatable); default: all")
     parity_parser.add_argument("--dtype", action="append", choices=list(parity.DTYPES),
                                help="only this dtype (repeatable); default: all")

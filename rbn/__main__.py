@@ -1,0 +1,7 @@
+"""``python -m rbn``: the ``rbn`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
