@@ -5,7 +5,7 @@ set of functions serves 1d, 2d and 3d inputs. The derivation of each backward is
 down in docs/math.md, next to the formula each function implements.
 """
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -15,6 +15,28 @@ from .validation import check_channel_vectors, check_input, check_pairs, check_s
 CALIBRATION_NAMES = ("center_weight", "scale_weight", "scale_bias")  # w_m, w_v, w_b
 PARAM_NAMES = ("weight", "bias", *CALIBRATION_NAMES)
 STATE_NAMES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class Parameters(NamedTuple):
+    """The per-channel parameters of Eq. 12, in any array type; None switches its part off.
+
+    The framework packages pass these five together through their functional code instead of
+    five positional arguments.
+    """
+
+    weight: Any = None  # gamma
+    bias: Any = None  # beta
+    center_weight: Any = None  # w_m
+    scale_weight: Any = None  # w_v
+    scale_bias: Any = None  # w_b
+
+
+class Options(NamedTuple):
+    """The layer's fixed settings of Eq. 12: ``eps`` and the statistics K_m and K_s (Table 3)."""
+
+    eps: float = 1e-5
+    centering_stat: str = "mu_c"
+    scaling_stat: str = "mu_c"
 
 
 class Cache(NamedTuple):
