@@ -89,10 +89,10 @@ def _norm_prefixes(arrays):
 
 
 def canonicalize(arrays):
-    """Check dtypes and undo layout differences; raise CheckpointError listing every bad array.
+    """Check dtypes and values, undo layout differences; raise CheckpointError listing every bad array.
 
-    Every array must be floating point except ``num_batches_tracked`` (an integer count). The
-    authors' RBN code stores a norm layer's parameters as (1, C, 1, 1): they become (C,).
+    Every array must be floating point except ``num_batches_tracked`` (an integer count), and
+    finite. The authors' RBN code stores a norm layer's parameters as (1, C, 1, 1): they become (C,).
     Jittor has no 0-d arrays: its ``num_batches_tracked`` of shape (1,) becomes ().
     """
     bad = [f"{name} ({array.dtype})" for name, array in arrays.items()
@@ -100,6 +100,10 @@ def canonicalize(arrays):
                    else np.issubdtype(array.dtype, np.floating))]
     if bad:
         raise CheckpointError("expected floating-point arrays (integer num_batches_tracked); got " + ", ".join(bad))
+    # A diverged run's weights would convert "successfully" into a model that computes NaN.
+    not_finite = sorted(name for name, array in arrays.items() if not np.isfinite(array).all())
+    if not_finite:
+        raise CheckpointError("arrays with NaN or Inf values (a diverged training run?): " + ", ".join(not_finite))
     norm_prefixes = _norm_prefixes(arrays)
 
     def canonical_shape(name, array):
@@ -115,8 +119,15 @@ def canonicalize(arrays):
 def read_checkpoint(path, fmt=None):
     """Read any supported file into a Checkpoint under canonical names."""
     path, fmt = os.fspath(path), detect_format(path, fmt)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, expected a {fmt} checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"no such file: {path}")
+    try:  # the readers word an unreadable file differently (safetensors: "No such file")
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
     try:
         if fmt == "neutral":
             from safetensors import safe_open
@@ -132,10 +143,18 @@ def read_checkpoint(path, fmt=None):
     except CheckpointError:
         raise
     except Exception as error:  # each reader has its own exceptions for a corrupt or truncated file
-        raise CheckpointError(f"cannot read {path} as a {fmt} checkpoint: {type(error).__name__}: {error}") from None
+        raise CheckpointError(f"cannot read {path} as a {fmt} checkpoint: {_reason(error)}") from None
     if not arrays:
         raise CheckpointError(f"{path} holds no arrays")
     return Checkpoint(canonicalize(arrays), metadata)
+
+
+def _reason(error):
+    """A reader's exception in one line: torch's refusal of a global is a paragraph whose advice
+    (``weights_only=False``) is the one thing not to do; its line naming the global is kept."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    refused = [line for line in lines if "GLOBAL" in line]
+    return f"{type(error).__name__}: {(refused or lines or ['(no message)'])[0]}"
 
 
 def write_checkpoint(path, checkpoint, fmt=None):

@@ -10,6 +10,8 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from rbn import safe_pickle
+
 from .. import models  # noqa: F401  (the interface above)
 from ..convert import load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
 from ..modules import RepresentativeBatchNorm2d  # noqa: F401
@@ -19,8 +21,12 @@ BatchNorm2d = nn.BatchNorm2d  # the baseline norm layer
 
 
 def read(path):
-    """A ``jt.save``/``Module.save`` file (checksummed pickle) as framework-named arrays."""
-    state = jt.load(path)
+    """A ``jt.save``/``Module.save`` file (checksummed pickle) as framework-named arrays.
+
+    Read by ``rbn.safe_pickle``, never ``jt.load``: a pickle can name any function to call, and
+    only arrays, dicts and numbers are allowed here.
+    """
+    state = safe_pickle.load_jittor(path)
     if not isinstance(state, dict):
         raise ValueError(f"expected a dict of arrays, got {type(state).__name__}")
     state = {name: value.numpy() if isinstance(value, jt.Var) else value for name, value in state.items()}
