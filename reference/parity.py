@@ -46,9 +46,16 @@ class Case:
     momentum: Optional[float] = 0.1
     track_running_stats: bool = True
     eps: float = 1e-5
+    offset_factor: float = 1.0  # scales the inputs' channel means (2 to 6 in magnitude at 1.0)
+    scale_factor: float = 1.0  # scales their standard deviations (0.5 to 2 at 1.0)
 
     def __str__(self):
         return self.id
+
+    @property
+    def offset_ratio(self):
+        """The largest |channel mean| / std the inputs can have, for ``tolerance(dtype, offset_ratio)``."""
+        return 6.0 * abs(self.offset_factor) / (0.5 * self.scale_factor)
 
     @property
     def config(self):
@@ -61,8 +68,8 @@ class Case:
         rng = np.random.default_rng(zlib.crc32(self.id.encode()))
         channels = self.shape[1]
         channel_shape = (1, channels) + (1,) * (len(self.shape) - 2)
-        offset = rng.uniform(2.0, 6.0, channel_shape) * rng.choice([-1.0, 1.0], channel_shape)
-        scale = rng.uniform(0.5, 2.0, channel_shape)
+        offset = rng.uniform(2.0, 6.0, channel_shape) * rng.choice([-1.0, 1.0], channel_shape) * self.offset_factor
+        scale = rng.uniform(0.5, 2.0, channel_shape) * self.scale_factor
         x = offset + scale * rng.standard_normal(self.shape)
         params = {}
         if self.affine:

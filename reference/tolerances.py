@@ -21,6 +21,22 @@ Why these numbers:
   standardization, however stable the variance kernel is. ``tolerance(dtype, offset_ratio)``
   adds that term (times 8 for the pairwise sums behind it). At m/s = 1e4 in float32 that is
   ~1e-2, while the unstable ``E[x^2] - E[x]^2`` is off by O(1) there: still caught.
+  The atol of cancelling sums above is ``eps * n * |x|`` with |x| ~ 5 at the seeded cases'
+  m/s of at most ``SEEDED_OFFSET_RATIO``; inputs further out are larger in proportion, and so
+  is that rounding: atol grows with ``offset_ratio / SEEDED_OFFSET_RATIO``. Found by hypothesis
+  (tests/test_property.py): at m/s ~ 400, the float64 gradient of ``center_weight`` of a 1d
+  layer (~1e-5, its terms cancel) was 2e-12 off; at m/s ~ 800 a float32 input gradient of a
+  batch of two (~2e-5) was 2.4e-5 off.
+  The gradient of ``center_weight`` is worse: its terms are ``K_m * dY / s`` ~ (m/s) |dY|, each
+  off by eps * m/s, so its error grows as (m/s)^2 (5.8e-10 at m/s ~ 6700 in float64). No fixed
+  table holds that far out: the generated cases stay within m/s ~ 600, and the dedicated
+  m/s = 1e4 tests compare outputs.
+- All of the above assumes a batch whose spread is of the inputs' scale. The input gradient
+  scales with 1 / (batch std): for a batch of two nearly equal values (std 1/50 of the scale,
+  found by hypothesis) the cancelling terms are ~50x larger and a float32 gradient of ~7e-4
+  was 1.2e-5 off, in PyTorch and against float64 alike. That is BatchNorm's conditioning, not
+  an implementation's error; the generated cases keep each channel's batch std above a
+  quarter of its scale.
 """
 
 from typing import NamedTuple
@@ -47,6 +63,7 @@ FINITE_DIFFERENCE_RTOL = 1e-6
 FINITE_DIFFERENCE_ROUNDING_FACTOR = 8
 
 OFFSET_ROUNDING_FACTOR = 8
+SEEDED_OFFSET_RATIO = 12  # the parity cases' largest |channel mean| / std: 6 / 0.5
 
 
 def machine_epsilon(dtype):
@@ -60,7 +77,7 @@ def tolerance(dtype, offset_ratio=0.0):
     name = np.dtype(dtype).name
     base = TOLERANCES[name]
     rounding = OFFSET_ROUNDING_FACTOR * machine_epsilon(name) * offset_ratio
-    return Tolerance(rtol=base.rtol + rounding, atol=base.atol)
+    return Tolerance(rtol=base.rtol + rounding, atol=base.atol * max(1.0, offset_ratio / SEEDED_OFFSET_RATIO))
 
 
 def finite_difference_tolerance(objective_magnitude):

@@ -6,3 +6,14 @@ from rbn import frameworks
 # ops segfault when Jittor was imported first, so MindSpore comes in before any test module
 # can import Jittor.
 frameworks.prepare_import("jittor")
+
+try:
+    from hypothesis import settings
+except ImportError:  # the property tests skip themselves
+    pass
+else:
+    # ci: reproducible in CI (seeded by the test's name); long: a deep search on demand
+    # (--hypothesis-profile=long). tests/test_property.py scales max_examples per framework.
+    settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+    settings.load_profile("ci")
