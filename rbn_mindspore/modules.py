@@ -1,4 +1,4 @@
-"""RepresentativeBatchNorm1d/2d/3d Cells: ``mindspore.nn.BatchNorm*d`` plus the two calibrations."""
+"""RepresentativeBatchNorm1d/2d/3d Cells: ``mindspore.nn.BatchNorm1d/2d/3d`` plus the two calibrations."""
 
 import mindspore.common.dtype as mstype
 from mindspore import Parameter, Tensor, nn
@@ -10,29 +10,8 @@ from .functional import representative_batch_norm
 
 
 class _RepresentativeBatchNorm(nn.Cell):
-    r"""Representative BatchNorm (Gao et al., CVPR 2021): BatchNorm with a centering
-    calibration ``X_cm = X + w_m * K_m`` before it and a scaling calibration
-    ``X_cs = X_s * sigmoid(w_v * K_s + w_b)`` before the affine transform (Eq. 12).
-
-    The interface is ``mindspore.nn.BatchNorm2d``'s, with MindSpore's names and momentum
-    convention; what differs:
-
-    - keyword-only ``centering``/``scaling`` switch the calibrations, ``centering_stat``/
-      ``scaling_stat`` choose K_m/K_s among ``mu_c``, ``sigma_c``, ``mu_s``, ``sigma_s``.
-    - ``momentum=None`` keeps a cumulative average of the batch statistics, counted in the
-      non-trainable Parameter ``num_batches_tracked`` (always present, as in PyTorch).
-    - ``dtype`` may be float64 (MindSpore's BatchNorm takes float16/float32 only); the input
-      must have the layer's dtype.
-    - ``data_format="NHWC"`` (2d only) also works on CPU.
-
-    Names: ``gamma``/``beta``/``moving_mean``/``moving_variance`` are PyTorch's ``weight``/
-    ``bias``/``running_mean``/``running_var`` (the canonical names of the other frameworks, see
-    :func:`rbn_mindspore.state_dict_to_numpy`); ``center_weight`` (w_m), ``scale_weight``
-    (w_v), ``scale_bias`` (w_b) are the same everywhere. ``momentum`` 0.9 here is PyTorch's 0.1:
-    ``moving = momentum * moving + (1 - momentum) * batch``, with the unbiased batch variance.
-    Calibrations start as in the paper: w_m = 0, w_v = 0, w_b = 1. With ``affine=False``,
-    ``gamma``/``beta`` stay 1/0 and are not trained (as in MindSpore's BatchNorm).
-    """
+    """The Cell behind RepresentativeBatchNorm1d/2d/3d (documented there): parameters, moving
+    statistics, resets, and the mapping of MindSpore's names onto the functional's canonical ones."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True, gamma_init="ones",
                  beta_init="zeros", moving_mean_init="zeros", moving_var_init="ones",
@@ -127,10 +106,11 @@ class _RepresentativeBatchNorm(nn.Cell):
         if x.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} channels (got {x.shape[1]})")
         use_batch_statistics = self.training if self.use_batch_statistics is None else self.use_batch_statistics
+        # MindSpore's names on the Cell, the canonical ones in the functional.
         y = representative_batch_norm(
             x, self.moving_mean, self.moving_variance,
-            self.gamma if self.affine else None, self.beta if self.affine else None,
-            self.center_weight, self.scale_weight, self.scale_bias,
+            weight=self.gamma if self.affine else None, bias=self.beta if self.affine else None,
+            center_weight=self.center_weight, scale_weight=self.scale_weight, scale_bias=self.scale_bias,
             training=use_batch_statistics,
             momentum=self._update_factor,
             eps=self.eps, centering_stat=self.centering_stat, scaling_stat=self.scaling_stat,
@@ -140,8 +120,94 @@ class _RepresentativeBatchNorm(nn.Cell):
         return y
 
 
+_DOCSTRING = r"""
+    Representative Batch Normalization (Gao et al., CVPR 2021) over a {rank} input: MindSpore's
+    ``nn.BatchNorm{dims}`` with a centering calibration before the normalization and a scaling
+    calibration before the affine transform (Eq. 12):
+
+    .. math::
+        X_{{cm}} = X + w_m \odot K_m, \qquad
+        X_m = X_{{cm}} - \mathrm{{E}}[X_{{cm}}], \qquad
+        X_s = \frac{{X_m}}{{\sqrt{{\mathrm{{Var}}[X_{{cm}}] + \epsilon}}}}, \\
+        X_{{cs}} = X_s \odot \mathrm{{sigmoid}}(w_v \odot K_s + w_b), \qquad
+        Y = X_{{cs}} \odot \gamma + \beta
+
+    :math:`K_m`, :math:`K_s` are per-instance statistics: ``"mu_c"`` (the mean over the spatial
+    dims, the paper's choice), ``"sigma_c"`` (their standard deviation), ``"mu_s"``,
+    ``"sigma_s"`` (over the channels). :math:`w_m` is `center_weight`, :math:`w_v`,
+    :math:`w_b` are `scale_weight`, `scale_bias` (init 0, 0, 1, as in the paper; Parameters
+    named so). :math:`\mathrm{{E}}`, :math:`\mathrm{{Var}}` are the batch statistics when batch
+    statistics are used, else `moving_mean`, `moving_variance`, updated as in MindSpore's
+    BatchNorm: ``moving = momentum * moving + (1 - momentum) * batch``, with the unbiased batch
+    variance. The input is never modified. :func:`rbn_mindspore.functional.representative_batch_norm`
+    is the pure function (with the canonical names ``weight``, ``bias``, ``running_mean``,
+    ``running_var``; :func:`rbn_mindspore.state_dict_to_numpy` maps the names).
+
+    Args:
+        num_features (int): `C`, the number of channels of the input.
+        eps (float, optional): :math:`\epsilon`. Default: ``1e-5`` .
+        momentum (float, optional): weight of the old moving statistics in the update; ``None``
+            keeps a cumulative average, counted in the int64 Parameter `num_batches_tracked`
+            (present in every layer, as in PyTorch). Default: ``0.9`` .
+        affine (bool, optional): whether :math:`\gamma` and :math:`\beta` are trained.
+            Default: ``True`` .
+        gamma_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer of
+            :math:`\gamma`. Default: ``'ones'`` .
+        beta_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer of
+            :math:`\beta`. Default: ``'zeros'`` .
+        moving_mean_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer
+            of the moving mean. Default: ``'zeros'`` .
+        moving_var_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer
+            of the moving variance. Default: ``'ones'`` .
+        use_batch_statistics (bool, optional): ``True``: always the batch statistics (and
+            updates); ``False``: always the moving statistics; ``None``: batch statistics in
+            training (``set_train()``), moving ones otherwise. Default: ``None`` .
+        data_format (str, optional): {data_format} Default: ``'NCHW'`` .
+        dtype (:class:`mindspore.dtype`, optional): dtype of the Parameters and of the input,
+            ``mstype.float32`` or ``mstype.float64``. Default: ``mstype.float32`` .
+        centering (bool, optional): keyword-only; the centering calibration (Eq. 5).
+            Default: ``True`` .
+        scaling (bool, optional): keyword-only; the scaling calibration (Eq. 9). Default: ``True`` .
+        centering_stat (str, optional): keyword-only; :math:`K_m`. Default: ``"mu_c"`` .
+        scaling_stat (str, optional): keyword-only; :math:`K_s`. Default: ``"mu_c"`` .
+
+    Inputs:
+        - **x** (Tensor) - {input_shape}, of the layer's dtype.
+
+    Outputs:
+        Tensor of the shape and dtype of `x`.
+
+    Raises:
+        TypeError: If `dtype` is not float32 or float64, or `x` has another dtype.
+        ValueError: If `num_features` is not a positive int, `momentum` is not in [0, 1] or
+            ``None``, `use_batch_statistics` is not a bool or ``None``, `data_format` is neither
+            ``'NCHW'`` nor ``'NHWC'``{data_format_raise}, or a statistic name is unknown.
+        ValueError: If `x` {rank_raise}, has not `num_features` channels, or has a single value
+            per channel while batch statistics are used.
+
+    Supported Platforms:
+        ``CPU`` (tested: fused kernels, or the BatchNorm-primitive path) ``GPU`` ``Ascend``
+        (the BatchNorm-primitive path; untested)
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from rbn_mindspore import {name}
+        >>> net = {name}(num_features=3).set_train()
+        >>> x = ms.Tensor(np.arange({size}, dtype=np.float32).reshape({example_shape}))
+        >>> output = net(x)
+        >>> print(output.shape)
+        {example_shape}
+        >>> print(net.moving_mean.asnumpy().round(3))
+        {example_mean}
+"""
+
+
 class RepresentativeBatchNorm1d(_RepresentativeBatchNorm):
-    __doc__ = _RepresentativeBatchNorm.__doc__ + "\n    Input (N, C) or (N, C, L).\n"
+    __doc__ = _DOCSTRING.format(
+        name="RepresentativeBatchNorm1d", rank="2D or 3D", dims="1d", input_shape=":math:`(N, C)` or :math:`(N, C, L)`",
+        data_format="only ``'NCHW'`` (channels second).", data_format_raise=" (or is ``'NHWC'``, at the call)",
+        rank_raise="is not 2D or 3D", size=6, example_shape="(2, 3)", example_mean="[0.15 0.25 0.35]")
 
     def _check_input_dim(self, ndim):
         if ndim not in (2, 3):
@@ -151,7 +217,12 @@ class RepresentativeBatchNorm1d(_RepresentativeBatchNorm):
 
 
 class RepresentativeBatchNorm2d(_RepresentativeBatchNorm):
-    __doc__ = _RepresentativeBatchNorm.__doc__ + "\n    Input (N, C, H, W), or (N, H, W, C) with data_format='NHWC'.\n"
+    __doc__ = _DOCSTRING.format(
+        name="RepresentativeBatchNorm2d", rank="4D", dims="2d",
+        input_shape=":math:`(N, C, H, W)`, or :math:`(N, H, W, C)` with ``data_format='NHWC'``",
+        data_format="``'NCHW'`` or ``'NHWC'`` (also on CPU, unlike MindSpore's BatchNorm).",
+        data_format_raise="", rank_raise="is not 4D", size=24, example_shape="(2, 3, 2, 2)",
+        example_mean="[0.75 1.15 1.55]")
 
     def _check_input_dim(self, ndim):
         if ndim != 4:
@@ -159,7 +230,10 @@ class RepresentativeBatchNorm2d(_RepresentativeBatchNorm):
 
 
 class RepresentativeBatchNorm3d(_RepresentativeBatchNorm):
-    __doc__ = _RepresentativeBatchNorm.__doc__ + "\n    Input (N, C, D, H, W).\n"
+    __doc__ = _DOCSTRING.format(
+        name="RepresentativeBatchNorm3d", rank="5D", dims="3d", input_shape=":math:`(N, C, D, H, W)`",
+        data_format="only ``'NCHW'`` (channels second).", data_format_raise=" (or is ``'NHWC'``, at the call)",
+        rank_raise="is not 5D", size=48, example_shape="(2, 3, 2, 2, 2)", example_mean="[1.55 2.35 3.15]")
 
     def _check_input_dim(self, ndim):
         if ndim != 5:

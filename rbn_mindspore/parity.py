@@ -10,8 +10,8 @@ from mindspore import Tensor
 
 from rbn_reference.parity import NotSupported
 
-from .convert import canonical_parameters, load_numpy_state_dict, state_dict_to_numpy
 from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+from .state_dict import canonical_parameters, load_numpy_state_dict, state_dict_to_numpy
 
 FRAMEWORK = "mindspore"
 LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d, 4: RepresentativeBatchNorm2d,

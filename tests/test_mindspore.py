@@ -206,6 +206,14 @@ def test_functional_updates_parameters_in_place():
     assert_close(y.asnumpy(), layer(Tensor(x)).asnumpy(), "float32")
     assert_close(moving_mean.asnumpy(), layer.moving_mean.asnumpy(), "float32")
     assert_close(moving_variance.asnumpy(), layer.moving_variance.asnumpy(), "float32")
+    # The canonical keywords, as F.batch_norm's: weight/bias, running_mean/running_var.
+    y = representative_batch_norm(Tensor(x), running_mean=moving_mean, running_var=moving_variance,
+                                  weight=layer.gamma, bias=layer.beta, center_weight=layer.center_weight,
+                                  scale_weight=layer.scale_weight, scale_bias=layer.scale_bias,
+                                  training=True, momentum=0.1)
+    assert_close(y.asnumpy(), layer(Tensor(x)).asnumpy(), "float32")
+    assert_close(moving_mean.asnumpy(), layer.moving_mean.asnumpy(), "float32")
+    assert_close(moving_variance.asnumpy(), layer.moving_variance.asnumpy(), "float32")
     assert rbn_mindspore.functional.representative_batch_norm is representative_batch_norm
 
 
@@ -264,7 +272,7 @@ def test_bad_input_dtype(dtype, message):
         RepresentativeBatchNorm2d(3)(Tensor(np.ones((2, 3, 2, 2), dtype)))
     assert str(error.value) == message
     with pytest.raises(TypeError, match=r"^expected a float32 or float64 input \(got Int32\)$"):
-        representative_batch_norm(Tensor(np.ones((2, 3), np.int32)), training=True)
+        representative_batch_norm(Tensor(np.ones((2, 3), np.int32)), None, None, training=True)
 
 
 @pytest.mark.parametrize("argname", ["centering_stat", "scaling_stat"])
@@ -274,7 +282,8 @@ def test_unknown_statistic(argname):
         RepresentativeBatchNorm2d(3, **{argname: "mean"})
     assert str(error.value) == message
     with pytest.raises(ValueError) as error:
-        representative_batch_norm(Tensor(np.ones((2, 3), np.float32)), training=True, **{argname: "mean"})
+        representative_batch_norm(Tensor(np.ones((2, 3), np.float32)), None, None, training=True,
+                                  **{argname: "mean"})
     assert str(error.value) == message
 
 
@@ -297,13 +306,18 @@ def test_nhwc_only_for_2d():
 
 def test_functional_bad_vectors():
     x = Tensor(np.ones((2, 3), np.float32))
-    with pytest.raises(ValueError, match="^scale_weight and scale_bias must be given together or not at all$"):
-        representative_batch_norm(x, scale_weight=Tensor(np.zeros(3, np.float32)), training=True)
-    with pytest.raises(ValueError, match=r"^gamma must have shape \(3,\) for an input with 3 channels \(got \(4,\)\)$"):
-        representative_batch_norm(x, gamma=Tensor(np.ones(4, np.float32)), beta=Tensor(np.ones(4, np.float32)),
-                                  training=True)
-    with pytest.raises(ValueError, match="^moving_mean and moving_variance are needed when training is False$"):
-        representative_batch_norm(x)
+    vector = Tensor(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="^'scale_weight' and 'scale_bias' must be given together or not at all$"):
+        representative_batch_norm(x, None, None, scale_weight=vector, training=True)
+    with pytest.raises(ValueError, match="^'running_mean' and 'running_var' must be given together or not at all$"):
+        representative_batch_norm(x, vector, None, training=True)
+    with pytest.raises(ValueError, match=r"^weight must have shape \(3,\) for an input with 3 channels \(got \(4,\)\)$"):
+        representative_batch_norm(x, None, None, weight=Tensor(np.ones(4, np.float32)),
+                                  bias=Tensor(np.ones(4, np.float32)), training=True)
+    with pytest.raises(TypeError, match="^center_weight has dtype Float64, expected the input's Float32$"):
+        representative_batch_norm(x, None, None, center_weight=Tensor(np.zeros(3)), training=True)
+    with pytest.raises(ValueError, match="^running_mean and running_var are needed when training is False$"):
+        representative_batch_norm(x, None, None)
 
 
 # ----------------------------------------------------------------------------- conversion and checkpoints

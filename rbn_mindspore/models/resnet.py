@@ -1,7 +1,7 @@
 """ResNet and ResNeXt with a pluggable norm layer (default: RepresentativeBatchNorm2d).
 
 Same module structure as ``rbn_torch.models`` (torchvision's); parameter names differ only
-mechanically (``rbn_mindspore.convert`` maps them): ``nn.Dense`` keeps ``weight``/``bias``
+mechanically (``rbn_mindspore.state_dict`` maps them): ``nn.Dense`` keeps ``weight``/``bias``
 with torch's (out, in) layout, a BatchNorm's are ``gamma``/``beta``/``moving_mean``/
 ``moving_variance``.
 """
