@@ -16,8 +16,9 @@ def convert_bn_to_rbn(cell, *, predicate=None, preserve_output=True, **rbn_kwarg
     :math:`X_{cm} = X + w_m K_m`, :math:`X_m = X_{cm} - \mathrm{E}[X_{cm}]`,
     :math:`X_s = X_m / \sqrt{\mathrm{Var}[X_{cm}] + \epsilon}`,
     :math:`X_{cs} = X_s \cdot \mathrm{sigmoid}(w_v K_s + w_b)`, :math:`Y = X_{cs} \gamma + \beta`),
-    copying gamma, beta, the moving statistics, eps, momentum, use_batch_statistics,
-    data_format, dtype and the training flag (``num_batches_tracked`` starts at 0).
+    copying gamma, beta (frozen ones stay frozen: ``affine=False`` or frozen for fine-tuning),
+    the moving statistics, eps, momentum, use_batch_statistics, data_format, dtype and the
+    training flag (``num_batches_tracked`` starts at 0).
 
     With `preserve_output` the converted network computes what it computed before: the
     calibrations start at the paper's init (:math:`w_m = 0`, :math:`w_v = 0`) and gamma is
@@ -40,8 +41,7 @@ def convert_bn_to_rbn(cell, *, predicate=None, preserve_output=True, **rbn_kwarg
         and returns the same shapes as before.
 
     Raises:
-        ValueError: If `preserve_output` with scaling on meets a BatchNorm with ``affine=False``
-            (gamma cannot absorb the initial gate), or an `rbn_kwargs` value is invalid.
+        ValueError: If an `rbn_kwargs` value is invalid.
         TypeError: If `rbn_kwargs` has an unknown name.
 
     Supported Platforms:
@@ -95,20 +95,19 @@ def _convert(cell, name, predicate, preserve_output, rbn_kwargs):
 
 def _rbn_from_bn(bn, preserve_output, rbn_kwargs):
     inner = bn.bn2d if isinstance(bn, nn.BatchNorm3d) else bn  # BatchNorm3d wraps a BatchNorm2d
-    affine = inner.gamma.requires_grad
+    # MindSpore's BatchNorm keeps no affine flag: affine=False and gamma/beta frozen for
+    # fine-tuning are the same thing, frozen Parameters that are still applied. So are ours.
     rbn = RBN_FOR_BN[type(bn)](
         inner.num_features, eps=inner.eps, momentum=1.0 - inner.momentum,  # stored as 1 - momentum
-        affine=affine, use_batch_statistics=inner.use_batch_statistics, data_format=inner.format,
-        dtype=inner.gamma.dtype, **rbn_kwargs)
+        affine=inner.gamma.requires_grad, use_batch_statistics=inner.use_batch_statistics,
+        data_format=inner.format, dtype=inner.gamma.dtype, **rbn_kwargs)
     gamma = inner.gamma.value()
     if preserve_output and rbn.scaling:
-        if not affine:
-            raise ValueError("preserve_output=True needs an affine BatchNorm when scaling is on "
-                             "(gamma must absorb the initial gate sigmoid(1)); pass scaling=False "
-                             "or preserve_output=False")
         gamma = gamma / ops.sigmoid(rbn.scale_bias.value())
     rbn.gamma.set_data(gamma.copy())
     rbn.beta.set_data(inner.beta.value().copy())
+    rbn.gamma.requires_grad = inner.gamma.requires_grad
+    rbn.beta.requires_grad = inner.beta.requires_grad
     rbn.moving_mean.set_data(inner.moving_mean.value().copy())
     rbn.moving_variance.set_data(inner.moving_variance.value().copy())
     rbn.set_train(bn.training)

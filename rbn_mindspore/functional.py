@@ -34,6 +34,9 @@ __all__ = ["representative_batch_norm"]
 
 _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
 _FLOAT_TYPES = (mstype.float32, mstype.float64)
+# Mixed precision (MindSpore's AMP O2/O3 cast a Cell's inputs, not its Parameters): computed in
+# float32, as BatchNorm computes them, the output in the input's dtype.
+_HALF_TYPES = (mstype.float16, mstype.bfloat16)
 
 
 def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
@@ -63,7 +66,9 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     ``ops.batch_norm`` and PyTorch (0.1 here is the Cell's 0.9).
 
     Args:
-        input (Tensor): :math:`(N, C, *)` with 0 to 3 spatial dims, float32 or float64.
+        input (Tensor): :math:`(N, C, *)` with 0 to 3 spatial dims: float32 or float64, or
+            float16/bfloat16 (mixed precision: computed in float32, the vectors float32, as
+            MindSpore's BatchNorm under AMP; the result in the input's dtype).
         running_mean (Parameter): :math:`(C,)` or None. Updated in place when `training`:
             ``(1 - momentum) * running_mean + momentum * batch_mean``.
         running_var (Parameter): :math:`(C,)` or None, given with `running_mean`. Updated in place
@@ -91,10 +96,13 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         :math:`(N, C, H, W)` or :math:`(N, C, D, H, W)`.
 
     Raises:
-        TypeError: If `input` is not float32 or float64, or a vector's dtype differs from it.
+        TypeError: If `input` is not a float tensor, or a vector's dtype is not the computing
+            dtype (the input's, float32 for a float16/bfloat16 input).
         ValueError: If a statistic name is unknown, the rank is not 2 to 5, a vector is not
-            :math:`(C,)`, a pair is given half, `training` is ``False`` without running
-            statistics, or a channel has a single value when `training`.
+            :math:`(C,)`, a pair is given half, or `training` is ``False`` without running
+            statistics. (One value per channel in training is accepted, as by MindSpore's
+            BatchNorm: the output is `bias` and the running variance becomes NaN. An empty batch,
+            N = 0, gives an empty output and leaves the running statistics as they are.)
 
     Supported Platforms:
         ``CPU`` (tested) ``GPU`` ``Ascend`` (through MindSpore's BatchNorm primitive; untested)
@@ -114,16 +122,21 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     """
     _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
                      training, momentum, centering_stat, scaling_stat, num_batches_tracked)
+    if input.shape[0] == 0:
+        # F.batch_norm's answer: an empty output, statistics untouched. (MindSpore's BatchNorm
+        # decays its moving variance in PyNative and writes stale values in Graph mode.)
+        return ops.zeros_like(input)
+    x = input.astype(mstype.float32) if input.dtype in _HALF_TYPES else input
     params = (weight, bias, center_weight, scale_weight, scale_bias)  # rbn_reference.Parameters' order
     options = (eps, centering_stat, scaling_stat)  # rbn_reference.Options' order
     if _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
-        y, batch_mean, batch_var = _channel_path(input, params, running_mean, running_var, training, options)
+        y, batch_mean, batch_var = _channel_path(x, params, running_mean, running_var, training, options)
     else:
-        y, batch_mean, batch_var = _literal_path(input, params, running_mean, running_var, training, options)
+        y, batch_mean, batch_var = _literal_path(x, params, running_mean, running_var, training, options)
     if training and running_mean is not None:
         _update_running_stats(running_mean, running_var, num_batches_tracked, ops.stop_gradient(batch_mean),
-                              ops.stop_gradient(batch_var), input.size // input.shape[1], momentum)
-    return y
+                              ops.stop_gradient(batch_var), x.size // x.shape[1], momentum)
+    return y.astype(input.dtype) if input.dtype in _HALF_TYPES else y
 
 
 def _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,  # noqa: A002
@@ -131,9 +144,12 @@ def _check_arguments(input, running_mean, running_var, weight, bias, center_weig
     """Raise the errors of the oracle (same wording) for anything Eq. 12 cannot take."""
     check_statistic("centering_stat", centering_stat)
     check_statistic("scaling_stat", scaling_stat)
-    if input.dtype not in _FLOAT_TYPES:  # MindSpore's CPU kernels: no float16 here
-        raise TypeError(f"expected a float32 or float64 input (got {input.dtype})")
-    check_input(input.shape, input.dtype, True, uses_batch_statistics=training)
+    if input.dtype not in _FLOAT_TYPES + _HALF_TYPES:
+        raise TypeError(f"expected a float16, bfloat16, float32 or float64 input (got {input.dtype})")
+    compute_dtype = mstype.float32 if input.dtype in _HALF_TYPES else input.dtype
+    # One value per channel in training is accepted, as by MindSpore's BatchNorm: the output is
+    # beta and the unbiased batch variance 0/0 makes the moving variance NaN.
+    check_input(input.shape, input.dtype, True, uses_batch_statistics=False)
     vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias,
                "center_weight": center_weight, "scale_weight": scale_weight, "scale_bias": scale_bias}
     check_pairs({name: value is not None for name, value in vectors.items()})
@@ -143,7 +159,7 @@ def _check_arguments(input, running_mean, running_var, weight, bias, center_weig
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     check_channel_vectors(input.shape[1], {name: None if value is None else value.shape
                                            for name, value in vectors.items()})
-    check_dtypes(input.dtype, {name: None if value is None else value.dtype for name, value in vectors.items()})
+    check_dtypes(compute_dtype, {name: None if value is None else value.dtype for name, value in vectors.items()})
 
 
 @ms.jit

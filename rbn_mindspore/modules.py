@@ -6,7 +6,7 @@ from mindspore.common.initializer import initializer
 
 from rbn_reference import check_statistic
 
-from .functional import representative_batch_norm
+from .functional import _HALF_TYPES, representative_batch_norm
 
 
 class _RepresentativeBatchNorm(nn.Cell):
@@ -97,9 +97,20 @@ class _RepresentativeBatchNorm(nn.Cell):
     def _check_input_dim(self, ndim):
         raise NotImplementedError
 
+    def add_flags(self, **flags):
+        """Mixed precision (``to_float``, ``mindspore.amp`` O2/O3) reaches every Cell here: RBN stays a
+        float32 island, as ``AMP_BLACK_LIST`` keeps ``nn.BatchNorm*d`` under O2. With a float16
+        flag MindSpore would cast the inputs of every op inside ``construct`` to float16, and the
+        statistics overflow (an unbiased batch variance of inf)."""
+        if flags.get("fp16") or flags.get("bf16"):
+            flags = dict(flags, fp16=False, bf16=False, fp32=True)
+        return super().add_flags(**flags)
+
     def construct(self, x):
         self._check_input_dim(x.ndim)
-        if x.dtype != self.gamma.dtype:
+        # float16/bfloat16 into a float32 layer is mixed precision (AMP O2/O3 cast the inputs of
+        # every Cell): computed in float32, as MindSpore's BatchNorm. Anything else is a mistake.
+        if x.dtype != self.gamma.dtype and not (x.dtype in _HALF_TYPES and self.gamma.dtype == mstype.float32):
             raise TypeError(f"expected {self.gamma.dtype} input (got {x.dtype} input)")
         if self.data_format == "NHWC":
             x = x.transpose(0, 3, 1, 2)
@@ -109,7 +120,7 @@ class _RepresentativeBatchNorm(nn.Cell):
         # MindSpore's names on the Cell, the canonical ones in the functional.
         y = representative_batch_norm(
             x, self.moving_mean, self.moving_variance,
-            weight=self.gamma if self.affine else None, bias=self.beta if self.affine else None,
+            weight=self.gamma, bias=self.beta,  # applied even when frozen (affine=False), as in nn.BatchNorm2d
             center_weight=self.center_weight, scale_weight=self.scale_weight, scale_bias=self.scale_bias,
             training=use_batch_statistics,
             momentum=self._update_factor,
@@ -149,8 +160,9 @@ _DOCSTRING = r"""
         momentum (float, optional): weight of the old moving statistics in the update; ``None``
             keeps a cumulative average, counted in the int64 Parameter `num_batches_tracked`
             (present in every layer, as in PyTorch). Default: ``0.9`` .
-        affine (bool, optional): whether :math:`\gamma` and :math:`\beta` are trained.
-            Default: ``True`` .
+        affine (bool, optional): whether :math:`\gamma` and :math:`\beta` are trained. As in
+            MindSpore's BatchNorm (and unlike PyTorch's), ``False`` freezes them at their init
+            (`gamma_init`, `beta_init`) and still applies them. Default: ``True`` .
         gamma_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer of
             :math:`\gamma`. Default: ``'ones'`` .
         beta_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer of
@@ -172,18 +184,23 @@ _DOCSTRING = r"""
         scaling_stat (str, optional): keyword-only; :math:`K_s`. Default: ``"mu_c"`` .
 
     Inputs:
-        - **x** (Tensor) - {input_shape}, of the layer's dtype.
+        - **x** (Tensor) - {input_shape}, of the layer's dtype; a float32 layer also takes
+          float16/bfloat16 (mixed precision, ``mindspore.amp`` O2/O3): statistics and per-channel
+          math in float32, Parameters and moving statistics stay float32, the output in the
+          input's dtype, as MindSpore's BatchNorm does.
 
     Outputs:
         Tensor of the shape and dtype of `x`.
 
     Raises:
-        TypeError: If `dtype` is not float32 or float64, or `x` has another dtype.
+        TypeError: If `dtype` is not float32 or float64, or `x` has another dtype (but float16/
+            bfloat16 into a float32 layer).
         ValueError: If `num_features` is not a positive int, `momentum` is not in [0, 1] or
             ``None``, `use_batch_statistics` is not a bool or ``None``, `data_format` is neither
             ``'NCHW'`` nor ``'NHWC'``{data_format_raise}, or a statistic name is unknown.
-        ValueError: If `x` {rank_raise}, has not `num_features` channels, or has a single value
-            per channel while batch statistics are used.
+        ValueError: If `x` {rank_raise}, or has not `num_features` channels. (As MindSpore's
+            BatchNorm, one value per channel in training gives `beta` and a NaN moving variance; an
+            empty batch gives an empty output and leaves the moving statistics as they are.)
 
     Supported Platforms:
         ``CPU`` (tested: fused kernels, or the BatchNorm-primitive path) ``GPU`` ``Ascend``

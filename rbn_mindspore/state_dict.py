@@ -35,8 +35,8 @@ def canonical_parameters(cell):
     r"""``{canonical dotted name: Parameter}`` for every Parameter of `cell`.
     {equation}
     Norm layers (ours and ``nn.BatchNorm1d/2d/3d``) get PyTorch's names (``CANONICAL_NAMES``);
-    a BatchNorm3d's inner ``bn2d`` level is dropped; frozen gamma/beta (``affine=False``) are
-    left out, as PyTorch has none. Every other Parameter keeps its MindSpore path.
+    a BatchNorm3d's inner ``bn2d`` level is dropped. Every other Parameter keeps its MindSpore
+    path. Frozen gamma/beta (``affine=False``) are included: MindSpore applies them.
 
     Args:
         cell (Cell): a layer or a whole network.
@@ -63,8 +63,6 @@ def canonical_parameters(cell):
     for path, param in cell.parameters_and_names():
         prefix, _, leaf = path.rpartition(".")
         if prefix in norm_prefixes and leaf in CANONICAL_NAMES:
-            if leaf in ("gamma", "beta") and not param.requires_grad:
-                continue
             canonical_prefix = norm_prefixes[prefix]
             path = f"{canonical_prefix}.{CANONICAL_NAMES[leaf]}" if canonical_prefix else CANONICAL_NAMES[leaf]
         result[path] = param
@@ -93,7 +91,11 @@ def state_dict_to_numpy(cell):
         >>> arrays["scale_bias"]
         array([1., 1., 1.], dtype=float32)
     """
-    return {name: param.asnumpy().copy() for name, param in canonical_parameters(cell).items()}
+    arrays = {name: param.asnumpy().copy() for name, param in canonical_parameters(cell).items()}
+    for weight_name, bias_name, _ in _frozen_affine_pairs(canonical_parameters(cell)):
+        if (arrays[weight_name] == 1).all() and (arrays[bias_name] == 0).all():
+            del arrays[weight_name], arrays[bias_name]
+    return arrays
 
 
 def load_numpy_state_dict(cell, arrays, *, strict=True):
@@ -101,7 +103,9 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
     {equation}
     RBN vectors are also accepted in the authors' :math:`(1, C, 1, 1)` shape.
     ``num_batches_tracked`` is optional both ways (MindSpore's BatchNorm has none). Values are
-    cast to each Parameter's dtype; nothing is loaded when anything is wrong.
+    cast to each Parameter's dtype; nothing is loaded when anything is wrong. Frozen gamma/beta
+    (``affine=False``) are optional too: a norm layer whose entries come without ``weight`` and
+    ``bias`` (PyTorch's ``affine=False``) gets gamma 1 and beta 0, which is what it computed.
 
     Args:
         cell (Cell): a layer or a whole network.
@@ -132,7 +136,12 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
     cells = dict(cell.cells_and_names())
     rbn_vectors = {name for name in params
                    if isinstance(cells.get(name.rpartition(".")[0]), _RepresentativeBatchNorm)}
-    missing = sorted(name for name in set(params) - set(arrays) if _leaf(name) not in OPTIONAL_NAMES)
+    identity = {}  # frozen gamma/beta absent from a layer that is in ``arrays``: no affine
+    for weight_name, bias_name, running_mean_name in _frozen_affine_pairs(params):
+        if weight_name not in arrays and bias_name not in arrays and running_mean_name in arrays:
+            identity[weight_name] = np.ones(params[weight_name].shape)
+            identity[bias_name] = np.zeros(params[bias_name].shape)
+    missing = sorted(name for name in set(params) - set(arrays) - set(identity) if _leaf(name) not in OPTIONAL_NAMES)
     unexpected = sorted(name for name in set(arrays) - set(params) if _leaf(name) not in OPTIONAL_NAMES)
     mis_shaped = {}
     values = {}
@@ -144,7 +153,7 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
         else:
             values[name] = fitted
     check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
-    for name, value in values.items():
+    for name, value in {**identity, **values}.items():
         param = params[name]
         param.set_data(Tensor(value, dtype=param.dtype))
     return cell
@@ -199,6 +208,16 @@ def load_checkpoint(cell, ckpt_file_name, *, strict=True):
 
 def _leaf(name):
     return name.rpartition(".")[2]
+
+
+def _frozen_affine_pairs(params):
+    """(weight, bias, running_mean) names of every norm layer whose gamma and beta are both frozen."""
+    for name, param in params.items():
+        if _leaf(name) == "weight" and not param.requires_grad:
+            prefix = name[:-len("weight")]
+            bias_name, running_mean_name = prefix + "bias", prefix + "running_mean"
+            if running_mean_name in params and bias_name in params and not params[bias_name].requires_grad:
+                yield name, bias_name, running_mean_name
 
 
 # One text of the equation for the four docstrings above.
