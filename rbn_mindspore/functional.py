@@ -42,7 +42,7 @@ _HALF_TYPES = (mstype.float16, mstype.bfloat16)
 def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
                               center_weight=None, scale_weight=None, scale_bias=None, *,
                               training=False, momentum=0.1, eps=1e-5, centering_stat="mu_c",
-                              scaling_stat="mu_c", num_batches_tracked=None):
+                              scaling_stat="mu_c", num_batches_tracked=None, group=None):
     r"""Representative Batch Normalization (Gao et al., CVPR 2021, Eq. 12) of an input
     :math:`(N, C, *)` with 0 to 3 spatial dims, in the manner of ``mindspore.ops.batch_norm``.
 
@@ -90,6 +90,10 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         scaling_stat (str, optional): :math:`K_s`, the same four. Default: ``"mu_c"`` .
         num_batches_tracked (Parameter, optional): int64 scalar, incremented on every update.
             Default: ``None`` .
+        group (str, optional): a communication group (``mindspore.communication``): when
+            `training`, the batch statistics are those of the union of the processes' batches
+            (two ``AllReduce`` of (C,)-sized sums forward; their gradients are all-reduced
+            backward). Every process must call. ``None`` is this process's batch. Default: ``None`` .
 
     Returns:
         Tensor of the shape and dtype of `input`: :math:`(N, C)`, :math:`(N, C, L)`,
@@ -129,13 +133,17 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     x = input.astype(mstype.float32) if input.dtype in _HALF_TYPES else input
     params = (weight, bias, center_weight, scale_weight, scale_bias)  # rbn_reference.Parameters' order
     options = (eps, centering_stat, scaling_stat)  # rbn_reference.Options' order
+    group = group if training else None
     if _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
-        y, batch_mean, batch_var = _channel_path(x, params, running_mean, running_var, training, options)
+        y, batch_mean, batch_var = _channel_path(x, params, running_mean, running_var, training, options, group)
     else:
-        y, batch_mean, batch_var = _literal_path(x, params, running_mean, running_var, training, options)
+        y, batch_mean, batch_var = _literal_path(x, params, running_mean, running_var, training, options, group)
     if training and running_mean is not None:
+        count = x.size // x.shape[1]
+        if group is not None:  # the unbiased variance of the union of the batches
+            count = _all_reduce(group)(Tensor(count, x.dtype))
         _update_running_stats(running_mean, running_var, num_batches_tracked, ops.stop_gradient(batch_mean),
-                              ops.stop_gradient(batch_var), x.size // x.shape[1], momentum)
+                              ops.stop_gradient(batch_var), count, momentum)
     return y.astype(input.dtype) if input.dtype in _HALF_TYPES else y
 
 
@@ -192,7 +200,7 @@ def _instance_statistic(statistic, x, eps):
                     else ops.zeros_like(x) + eps)
 
 
-def _literal_path(x, params, running_mean, running_var, training, options):
+def _literal_path(x, params, running_mean, running_var, training, options, group=None):
     """Eq. 12 step by step (any statistic); returns (y, batch mean, batch biased var)."""
     weight, bias, center_weight, scale_weight, scale_bias = params
     eps, centering_stat, scaling_stat = options
@@ -201,7 +209,12 @@ def _literal_path(x, params, running_mean, running_var, training, options):
     if center_weight is not None:
         x_cm = x + _per_channel(center_weight, ndim) * _instance_statistic(centering_stat, x, eps)
     batch_axes = (0,) + tuple(range(2, ndim))
-    if training:
+    if training and group is not None:
+        all_reduce = _all_reduce(group)
+        count = all_reduce(Tensor(x.size // x.shape[1], x.dtype))
+        mean = all_reduce(x_cm.sum(axis=batch_axes)) / count
+        var = all_reduce(ops.square(x_cm - _per_channel(mean, ndim)).sum(axis=batch_axes)) / count
+    elif training:
         mean = x_cm.mean(axis=batch_axes)
         var = ops.square(x_cm - _per_channel(mean, ndim)).mean(axis=batch_axes)
     else:
@@ -244,11 +257,12 @@ def _channel_coefficients(mean, var, weight, bias, center_weight, scale_weight, 
     return a, scale * standardized_mean + bias, batch_mean, batch_var
 
 
-def _channel_path(x, params, running_mean, running_var, training, options):
+def _channel_path(x, params, running_mean, running_var, training, options, group=None):
     """Eq. 12 as ``Y = A * (X - mean) + B`` per instance; returns (y, batch mean, batch var)."""
     weight, bias, center_weight, scale_weight, scale_bias = params
     eps, centering_stat, scaling_stat = options
-    kernel = _channel_statistics_kernel(eps, centering_stat, scaling_stat, scale_weight is not None, training)
+    kernel = _channel_statistics_kernel(eps, centering_stat, scaling_stat, scale_weight is not None, training,
+                                        group)
     # Neutral values for the parts that are off: w_m = 0 gives X_cm = X exactly, gamma = 1 and
     # beta = 0 give Y = X_cs exactly. Scaling has no neutral value (sigmoid < 1): a kernel flag.
     outputs = kernel(x, _or_neutral(weight, 1, x), _or_neutral(bias, 0, x), _or_neutral(center_weight, 0, x),
@@ -306,6 +320,28 @@ def _batch_moments(instance_mean, var, running_mean, running_var):
     return batch_mean, (var + ops.square(instance_mean - batch_mean)).mean(axis=0)
 
 
+def _synced_batch_moments(group):
+    """``_batch_moments`` over the union of the processes' batches: counts and sums of the
+    instance means all-reduced first, then the spread around the common mean (no
+    E[x^2] - E[x]^2). MindSpore differentiates AllReduce (the gradients are all-reduced)."""
+    all_reduce = _all_reduce(group)
+
+    def batch_moments(instance_mean, var, running_mean, running_var):
+        instances = ops.depend(Tensor([instance_mean.shape[0]], instance_mean.dtype), instance_mean)
+        totals = all_reduce(ops.concat((instance_mean.sum(axis=0), instances)))
+        batch_mean = totals[:-1] / totals[-1]
+        spread = all_reduce((var + ops.square(instance_mean - batch_mean)).sum(axis=0))
+        return batch_mean, spread / totals[-1]
+
+    return batch_moments
+
+
+@functools.lru_cache(maxsize=None)
+def _all_reduce(group):
+    """One sum ``AllReduce`` primitive per communication group."""
+    return ops.AllReduce(ops.ReduceOp.SUM, group)
+
+
 def _running_moments(instance_mean, var, running_mean, running_var):
     """The running statistics, in place of the batch ones (evaluation)."""
     return running_mean, running_var
@@ -358,7 +394,7 @@ def _instance_affine(x, scale, bias, eps, bn_infer):
 
 
 @functools.lru_cache(maxsize=None)
-def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics):
+def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group=None):
     """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs).
 
     The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`), else
@@ -366,8 +402,9 @@ def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch
     """
     instance_kernels = cpu_kernels.instance_kernels()
     if instance_kernels is None:
-        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics)
-    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels)
+        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
+    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group,
+                               instance_kernels)
 
 
 class _ChannelStatisticsKernel(nn.Cell):
@@ -391,11 +428,14 @@ class _ChannelStatisticsKernel(nn.Cell):
     is all the cost); compiled they are one launch. In Graph mode they are inlined.
     """
 
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics):
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group):
         super().__init__()
         centering_statistic = _INSTANCE_STATISTICS[centering_stat]
         scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
-        batch_moments = _batch_moments if batch_statistics else _running_moments
+        if not batch_statistics:
+            batch_moments = _running_moments
+        else:
+            batch_moments = _batch_moments if group is None else _synced_batch_moments(group)
 
         def coefficients(mean, var, *vectors):
             return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
@@ -426,8 +466,8 @@ class _FusedChannelKernel(_ChannelStatisticsKernel):
     an affine pass forward, one two-sum pass and one ``p * dY + q * (X - mean) + r`` pass
     backward. Nothing but the instance moments is saved: the kernels take X and the means."""
 
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels):
-        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics)
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, instance_kernels):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
         coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
 
         def forward(x, *vectors):
@@ -468,8 +508,8 @@ class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
     affine passes.
     """
 
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics):
-        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics)
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
         coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
         # momentum=0: the training primitive writes its "moving statistics" inputs in place
         # (throw-away zeros/ones, which may be shared constants in Graph mode); with 0 it
