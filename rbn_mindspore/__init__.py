@@ -3,11 +3,13 @@
 from rbn.frameworks import lazy_submodules
 
 from . import functional
-from .convert import (canonical_parameters, convert_bn_to_rbn, load_checkpoint, load_numpy_state_dict,
-                      state_dict_to_numpy)
-from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+from .convert import convert_bn_to_rbn
+from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
+                      SyncRepresentativeBatchNorm)
+from .state_dict import canonical_parameters, load_checkpoint, load_numpy_state_dict, state_dict_to_numpy
 
 __all__ = ["RepresentativeBatchNorm1d", "RepresentativeBatchNorm2d", "RepresentativeBatchNorm3d",
+           "SyncRepresentativeBatchNorm",
            "convert_bn_to_rbn", "functional", "state_dict_to_numpy", "load_numpy_state_dict",
            "canonical_parameters", "load_checkpoint"]
 

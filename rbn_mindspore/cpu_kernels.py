@@ -43,11 +43,32 @@ def _compiler_version(command):
 
 
 def build(compiler=None):
-    """Path of the compiled kernel library, compiling it first if the cache has none.
+    r"""Path of the compiled kernel library, compiling it first if the cache has none.
 
-    The file name hashes the source, the flags and the compiler's version; it is written to a
-    temporary file and renamed, so concurrent builds and interrupted ones leave no broken library.
-    Raises ``RuntimeError`` with the compiler's output if compiling fails.
+    The kernels compute the passes of Eq. 12's channel path (:math:`X_{cm} = X + w_m K_m`,
+    :math:`X_s = (X_{cm} - \mathrm{E}[X_{cm}]) / \sqrt{\mathrm{Var}[X_{cm}] + \epsilon}`,
+    :math:`X_{cs} = X_s \cdot \mathrm{sigmoid}(w_v K_s + w_b)`, :math:`Y = X_{cs} \gamma + \beta`,
+    per instance ``Y = A * (X - mean) + B``). The file name hashes the source, the flags and the
+    compiler's version; it is written to a temporary file and renamed, so concurrent builds and
+    interrupted ones leave no broken library.
+
+    Args:
+        compiler (str, optional): the compiler command; ``None`` takes ``$CXX``, else ``g++``.
+            Default: ``None`` .
+
+    Returns:
+        pathlib.Path, the shared library in ``$RBN_CACHE_DIR`` (default ``~/.cache/rbn``).
+
+    Raises:
+        RuntimeError: If there is no such compiler, or compiling fails (with its output).
+
+    Supported Platforms:
+        ``CPU``
+
+    Examples:
+        >>> from rbn_mindspore import cpu_kernels
+        >>> cpu_kernels.build().suffix
+        '.so'
     """
     compiler = compiler or os.environ.get("CXX", "g++")
     command = shlex.split(compiler)  # CXX may carry a launcher or flags: "ccache g++"
@@ -85,7 +106,35 @@ def _two_first_dtypes(x_dtype, *_):
 
 
 class InstanceKernels:
-    """The four passes over (rows, cols) = (instances, spatial values); vectors are (rows,)."""
+    r"""The four passes over (rows, cols) = (instances, spatial values) as ``ops.Custom`` ops;
+    vectors are (rows,).
+
+    For an instance row x with mean m (Eq. 12's channel path, ``Y = A * (X - mean) + B``):
+    ``moments(x) -> (mean, biased var)``; ``affine(x, m, a, b) = a * (x - m) + b``;
+    ``sums(dy, x, m) -> (sum dy, sum dy * (x - m))``;
+    ``combine(dy, x, m, p, q, r) = p * dy + q * (x - m) + r``. float32 or float64, sums in double.
+
+    Args:
+        library (pathlib.Path): what :func:`build` returned.
+
+    Inputs:
+        - **x**, **dy** (Tensor) - :math:`(rows, cols)`; the vectors :math:`(rows,)`.
+
+    Outputs:
+        Tensors of shape :math:`(rows,)` (moments, sums) or :math:`(rows, cols)` (affine, combine).
+
+    Supported Platforms:
+        ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from rbn_mindspore import cpu_kernels
+        >>> kernels = cpu_kernels.InstanceKernels(cpu_kernels.build())
+        >>> mean, var = kernels.moments(ms.Tensor(np.array([[1.0, 3.0], [2.0, 2.0]], np.float32)))
+        >>> print(mean, var)
+        [2. 2.] [1. 0.]
+    """
 
     def __init__(self, library):
         def custom(name, out_shape, out_dtype):
@@ -99,9 +148,24 @@ class InstanceKernels:
 
 @functools.lru_cache(maxsize=None)
 def instance_kernels():
-    """The loaded :class:`InstanceKernels`, or None where they cannot or should not be used.
+    r"""The loaded :class:`InstanceKernels` for the passes of Eq. 12's channel path, or None
+    where they cannot or should not be used (``$RBN_MINDSPORE_CPU_KERNELS=0``, a device target
+    other than CPU, or no working compiler).
 
-    Decided once per process (the first RBN call): a compile failure warns once and falls back.
+    Decided once per process (the first RBN call): a compile failure warns once and falls back
+    to MindSpore's BatchNorm primitive.
+
+    Returns:
+        InstanceKernels or None.
+
+    Supported Platforms:
+        ``CPU`` (``GPU`` ``Ascend``: always None)
+
+    Examples:
+        >>> from rbn_mindspore import cpu_kernels
+        >>> kernels = cpu_kernels.instance_kernels()
+        >>> kernels is None or hasattr(kernels, "combine")
+        True
     """
     if os.environ.get(ENVIRONMENT_SWITCH, "1") == "0" or ms.get_context("device_target") != "CPU":
         return None

@@ -1,16 +1,23 @@
-"""Representative BatchNorm (Eq. 12 of the paper) as a MindSpore function.
+r"""Representative BatchNorm (Eq. 12 of the paper) as a pure MindSpore function.
 
 Two paths compute the same Eq. 12:
 
 - channel statistics (``mu_c``/``sigma_c`` for both calibrations, the paper's default): per
-  instance (n, c) every step is affine in X, so ``Y = A[n,c] * x_hat + B[n,c]`` where
-  ``x_hat`` is X standardized per instance. One moments pass and one affine pass forward, one
-  pass of two sums and one ``p * dY + q * x_hat + r`` pass backward, written by hand in a Cell
-  ``bprop`` (:class:`_ChannelStatisticsKernel`). The (N, C)-sized coefficient math in between
-  goes through MindSpore's autodiff (``GradOperation``) so that it is written once. The passes
-  are fused CPU kernels (:mod:`rbn_mindspore.cpu_kernels`) where they can be compiled, else
-  MindSpore's BatchNorm primitive over an instance view of X.
+  instance (n, c) every step is affine in X, so ``Y = A[n,c] * (X - mean[n,c]) + B[n,c]`` with
+  ``mean`` the instance mean of X (:func:`_channel_coefficients`). One moments pass and one
+  affine pass forward, one pass of two sums and one ``p * dY + q * (X - mean) + r`` pass
+  backward, written by hand in a Cell ``bprop`` (:class:`_ChannelStatisticsKernel`). The
+  (N, C)-sized coefficient math in between goes through MindSpore's autodiff
+  (``GradOperation``), so that it is written once. The passes are fused CPU kernels
+  (:mod:`rbn_mindspore.cpu_kernels`) where they can be compiled, else MindSpore's BatchNorm
+  primitive over an instance view of X.
 - any other statistic (``mu_s``/``sigma_s``): Eq. 12 step by step, differentiated by MindSpore.
+
+Argument groups travel as plain tuples in the field order of ``rbn_reference.Parameters``
+``(weight, bias, center_weight, scale_weight, scale_bias)`` and ``rbn_reference.Options``
+``(eps, centering_stat, scaling_stat)``: this code is compiled in GRAPH_MODE and under
+``ms.jit``, where a NamedTuple built in compiled code becomes an interpreted ``PyExecute`` node
+that stops the gradients (they come out as zeros; tried with MindSpore 2.10).
 """
 
 import functools
@@ -19,87 +26,152 @@ import mindspore as ms
 import mindspore.common.dtype as mstype
 from mindspore import Tensor, nn, ops
 
-from rbn_reference import check_channel_vectors, check_input, check_statistic
+from rbn_reference import check_channel_vectors, check_dtypes, check_input, check_pairs, check_statistic
 
 from . import cpu_kernels
 
+__all__ = ["representative_batch_norm"]
+
 _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
 _FLOAT_TYPES = (mstype.float32, mstype.float64)
+# Mixed precision (MindSpore's AMP O2/O3 cast a Cell's inputs, not its Parameters): computed in
+# float32, as BatchNorm computes them, the output in the input's dtype.
+_HALF_TYPES = (mstype.float16, mstype.bfloat16)
 
 
-def representative_batch_norm(x, moving_mean=None, moving_variance=None, gamma=None, beta=None,
+def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
                               center_weight=None, scale_weight=None, scale_bias=None, *,
                               training=False, momentum=0.1, eps=1e-5, centering_stat="mu_c",
-                              scaling_stat="mu_c", num_batches_tracked=None):
-    """Representative BatchNorm of ``x`` (N, C, *spatial) with 0 to 3 spatial dims.
+                              scaling_stat="mu_c", num_batches_tracked=None, group=None):
+    r"""Representative Batch Normalization (Gao et al., CVPR 2021, Eq. 12) of an input
+    :math:`(N, C, *)` with 0 to 3 spatial dims, in the manner of ``mindspore.ops.batch_norm``.
 
-    Like ``mindspore.ops.batch_norm``: ``training=True`` normalizes with the batch statistics
-    and, when ``moving_mean``/``moving_variance`` are given, updates those Parameters in place
-    with ``new = (1 - momentum) * old + momentum * batch`` (the unbiased batch variance goes
-    into ``moving_variance``). Note the functional momentum convention is the one of
-    ``ops.batch_norm`` (0.1), not the Cell's (0.9). ``momentum=None`` is the cumulative
-    average: it needs ``num_batches_tracked`` (an int Parameter, incremented before use).
-    ``training=False`` normalizes with the moving statistics.
+    .. math::
+        X_{cm} = X + w_m \odot K_m, \qquad
+        X_m = X_{cm} - \mathrm{E}[X_{cm}], \qquad
+        X_s = \frac{X_m}{\sqrt{\mathrm{Var}[X_{cm}] + \epsilon}}, \\
+        X_{cs} = X_s \odot \mathrm{sigmoid}(w_v \odot K_s + w_b), \qquad
+        Y = X_{cs} \odot \gamma + \beta
 
-    A calibration (or the affine transform) is off when its parameters are None.
+    :math:`K_m`, :math:`K_s` are per-instance statistics (``centering_stat``,
+    ``scaling_stat``), :math:`w_m` is `center_weight`, :math:`w_v`, :math:`w_b` are
+    `scale_weight`, `scale_bias`, :math:`\gamma`, :math:`\beta` are `weight`, `bias`.
+    :math:`\mathrm{E}`, :math:`\mathrm{Var}` are the batch statistics over :math:`(N, *)` when
+    `training`, else `running_mean`, `running_var`. A calibration (or the affine transform) is
+    off when its parameters are None.
+
+    The names are the canonical (PyTorch) ones; :class:`rbn_mindspore.RepresentativeBatchNorm2d`
+    passes its `gamma`, `beta`, `moving_mean`, `moving_variance` as `weight`, `bias`,
+    `running_mean`, `running_var`. `momentum` is the factor of the new batch value, as in
+    ``ops.batch_norm`` and PyTorch (0.1 here is the Cell's 0.9).
+
+    Args:
+        input (Tensor): :math:`(N, C, *)` with 0 to 3 spatial dims: float32 or float64, or
+            float16/bfloat16 (mixed precision: computed in float32, the vectors float32, as
+            MindSpore's BatchNorm under AMP; the result in the input's dtype).
+        running_mean (Parameter): :math:`(C,)` or None. Updated in place when `training`:
+            ``(1 - momentum) * running_mean + momentum * batch_mean``.
+        running_var (Parameter): :math:`(C,)` or None, given with `running_mean`. Updated in place
+            with the unbiased batch variance.
+        weight (Tensor, optional): :math:`\gamma`, :math:`(C,)`. Default: ``None`` .
+        bias (Tensor, optional): :math:`\beta`, :math:`(C,)`, given with `weight`. Default: ``None`` .
+        center_weight (Tensor, optional): :math:`w_m`, :math:`(C,)`; None switches centering
+            calibration off. Default: ``None`` .
+        scale_weight (Tensor, optional): :math:`w_v`, :math:`(C,)`; None (with `scale_bias`)
+            switches scaling calibration off. Default: ``None`` .
+        scale_bias (Tensor, optional): :math:`w_b`, :math:`(C,)`. Default: ``None`` .
+        training (bool, optional): batch statistics (and updates) if ``True`` , else the running
+            statistics. Default: ``False`` .
+        momentum (float, optional): factor of the batch value in the update; ``None`` is the
+            cumulative average (needs `num_batches_tracked`). Default: ``0.1`` .
+        eps (float, optional): :math:`\epsilon`. Default: ``1e-5`` .
+        centering_stat (str, optional): :math:`K_m`: ``"mu_c"``, ``"sigma_c"``, ``"mu_s"`` or
+            ``"sigma_s"``. Default: ``"mu_c"`` .
+        scaling_stat (str, optional): :math:`K_s`, the same four. Default: ``"mu_c"`` .
+        num_batches_tracked (Parameter, optional): int64 scalar, incremented on every update.
+            Default: ``None`` .
+        group (str, optional): a communication group (``mindspore.communication``): when
+            `training`, the batch statistics are those of the union of the processes' batches
+            (two ``AllReduce`` of (C,)-sized sums forward; their gradients are all-reduced
+            backward). Every process must call. ``None`` is this process's batch. Default: ``None`` .
+
+    Returns:
+        Tensor of the shape and dtype of `input`: :math:`(N, C)`, :math:`(N, C, L)`,
+        :math:`(N, C, H, W)` or :math:`(N, C, D, H, W)`.
+
+    Raises:
+        TypeError: If `input` is not a float tensor, or a vector's dtype is not the computing
+            dtype (the input's, float32 for a float16/bfloat16 input).
+        ValueError: If a statistic name is unknown, the rank is not 2 to 5, a vector is not
+            :math:`(C,)`, a pair is given half, or `training` is ``False`` without running
+            statistics. (One value per channel in training is accepted, as by MindSpore's
+            BatchNorm: the output is `bias` and the running variance becomes NaN. An empty batch,
+            N = 0, gives an empty output and leaves the running statistics as they are.)
+
+    Supported Platforms:
+        ``CPU`` (tested) ``GPU`` ``Ascend`` (through MindSpore's BatchNorm primitive; untested)
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from rbn_mindspore.functional import representative_batch_norm
+        >>> x = ms.Tensor(np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+        >>> running_mean = ms.Parameter(ms.Tensor(np.zeros(2, np.float32)), requires_grad=False)
+        >>> running_var = ms.Parameter(ms.Tensor(np.ones(2, np.float32)), requires_grad=False)
+        >>> ones, zeros = ms.Tensor(np.ones(2, np.float32)), ms.Tensor(np.zeros(2, np.float32))
+        >>> y = representative_batch_norm(x, running_mean, running_var, ones, zeros, zeros, zeros, ones,
+        ...                               training=True)
+        >>> print(y.shape, np.round(running_mean.asnumpy(), 2))
+        (2, 2, 2) [0.25 0.45]
     """
-    _check_arguments(x, moving_mean, moving_variance, gamma, beta, center_weight, scale_weight,
-                     scale_bias, training, momentum, centering_stat, scaling_stat, num_batches_tracked)
+    _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
+                     training, momentum, centering_stat, scaling_stat, num_batches_tracked)
+    if input.shape[0] == 0:
+        # F.batch_norm's answer: an empty output, statistics untouched. (MindSpore's BatchNorm
+        # decays its moving variance in PyNative and writes stale values in Graph mode.)
+        return ops.zeros_like(input)
+    x = input.astype(mstype.float32) if input.dtype in _HALF_TYPES else input
+    params = (weight, bias, center_weight, scale_weight, scale_bias)  # rbn_reference.Parameters' order
+    options = (eps, centering_stat, scaling_stat)  # rbn_reference.Options' order
+    group = group if training else None
     if _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
-        y, batch_mean, batch_var = _channel_path(
-            x, moving_mean, moving_variance, gamma, beta, center_weight, scale_weight, scale_bias,
-            training, eps, centering_stat, scaling_stat)
+        y, batch_mean, batch_var = _channel_path(x, params, running_mean, running_var, training, options, group)
     else:
-        y, batch_mean, batch_var = _literal_path(
-            x, moving_mean, moving_variance, gamma, beta, center_weight, scale_weight, scale_bias,
-            training, eps, centering_stat, scaling_stat)
-    if training and moving_mean is not None:
-        _update_running_stats(moving_mean, moving_variance, num_batches_tracked,
-                              ops.stop_gradient(batch_mean), ops.stop_gradient(batch_var),
-                              x.size // x.shape[1], momentum)
-    return y
+        y, batch_mean, batch_var = _literal_path(x, params, running_mean, running_var, training, options, group)
+    if training and running_mean is not None:
+        count = x.size // x.shape[1]
+        if group is not None:  # the unbiased variance of the union of the batches
+            count = _all_reduce(group)(Tensor(count, x.dtype))
+        _update_running_stats(running_mean, running_var, num_batches_tracked, ops.stop_gradient(batch_mean),
+                              ops.stop_gradient(batch_var), count, momentum)
+    return y.astype(input.dtype) if input.dtype in _HALF_TYPES else y
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_arguments(x, moving_mean, moving_variance, gamma, beta, center_weight, scale_weight,
-                     scale_bias, training, momentum, centering_stat, scaling_stat, num_batches_tracked):
+def _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,  # noqa: A002
+                     training, momentum, centering_stat, scaling_stat, num_batches_tracked):
     """Raise the errors of the oracle (same wording) for anything Eq. 12 cannot take."""
     check_statistic("centering_stat", centering_stat)
     check_statistic("scaling_stat", scaling_stat)
-    if x.dtype not in _FLOAT_TYPES:  # MindSpore's CPU kernels: no float16 here
-        raise TypeError(f"expected a float32 or float64 input (got {x.dtype})")
-    check_input(x.shape, x.dtype, True, uses_batch_statistics=training)
-    pairs = (("gamma", gamma, "beta", beta), ("scale_weight", scale_weight, "scale_bias", scale_bias),
-             ("moving_mean", moving_mean, "moving_variance", moving_variance))
-    for first, first_value, second, second_value in pairs:
-        if (first_value is None) != (second_value is None):
-            raise ValueError(f"{first} and {second} must be given together or not at all")
-    if not training and moving_mean is None:
-        raise ValueError("moving_mean and moving_variance are needed when training is False")
-    if training and momentum is None and moving_mean is not None and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    vectors = {"moving_mean": moving_mean, "moving_variance": moving_variance, "gamma": gamma, "beta": beta,
+    if input.dtype not in _FLOAT_TYPES + _HALF_TYPES:
+        raise TypeError(f"expected a float16, bfloat16, float32 or float64 input (got {input.dtype})")
+    compute_dtype = mstype.float32 if input.dtype in _HALF_TYPES else input.dtype
+    # One value per channel in training is accepted, as by MindSpore's BatchNorm: the output is
+    # beta and the unbiased batch variance 0/0 makes the moving variance NaN.
+    check_input(input.shape, input.dtype, True, uses_batch_statistics=False)
+    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias,
                "center_weight": center_weight, "scale_weight": scale_weight, "scale_bias": scale_bias}
-    check_channel_vectors(x.shape[1], {name: None if value is None else value.shape for name, value in vectors.items()})
-    for name, value in vectors.items():
-        if value is not None and value.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {value.dtype}, expected the input's {x.dtype}")
-
-
-def _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
-    """True when every calibration that is on uses a per-instance (channel) statistic."""
-    return ((center_weight is None or centering_stat in _CHANNEL_STATISTICS)
-            and (scale_weight is None or scaling_stat in _CHANNEL_STATISTICS))
-
-
-# ----------------------------------------------------------------------------- moving statistics
+    check_pairs({name: value is not None for name, value in vectors.items()})
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are needed when training is False")
+    if training and momentum is None and running_mean is not None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    check_channel_vectors(input.shape[1], {name: None if value is None else value.shape
+                                           for name, value in vectors.items()})
+    check_dtypes(compute_dtype, {name: None if value is None else value.dtype for name, value in vectors.items()})
 
 
 @ms.jit
-def _update_running_stats(moving_mean, moving_variance, num_batches_tracked, batch_mean,
-                          batch_var, count, momentum):
+def _update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean, batch_var, count, momentum):
     """PyTorch's recurrence with the unbiased batch variance; cumulative when momentum is None.
 
     Compiled (``ms.jit``): in PyNative its dozen (C,)-sized ops would each cost a dispatch,
@@ -112,11 +184,8 @@ def _update_running_stats(moving_mean, moving_variance, num_batches_tracked, bat
     else:
         factor = _scalar(momentum, batch_mean.dtype)
     unbiased_var = batch_var * count / (count - 1)
-    ops.assign(moving_mean, moving_mean + (batch_mean - moving_mean) * factor)
-    ops.assign(moving_variance, moving_variance + (unbiased_var - moving_variance) * factor)
-
-
-# ----------------------------------------------------------------------------- literal path
+    ops.assign(running_mean, running_mean + (batch_mean - running_mean) * factor)
+    ops.assign(running_var, running_var + (unbiased_var - running_var) * factor)
 
 
 def _instance_statistic(statistic, x, eps):
@@ -131,222 +200,75 @@ def _instance_statistic(statistic, x, eps):
                     else ops.zeros_like(x) + eps)
 
 
-def _literal_path(x, moving_mean, moving_variance, gamma, beta, center_weight, scale_weight,
-                  scale_bias, training, eps, centering_stat, scaling_stat):
+def _literal_path(x, params, running_mean, running_var, training, options, group=None):
     """Eq. 12 step by step (any statistic); returns (y, batch mean, batch biased var)."""
+    weight, bias, center_weight, scale_weight, scale_bias = params
+    eps, centering_stat, scaling_stat = options
     ndim = x.ndim
     x_cm = x
     if center_weight is not None:
         x_cm = x + _per_channel(center_weight, ndim) * _instance_statistic(centering_stat, x, eps)
     batch_axes = (0,) + tuple(range(2, ndim))
-    if training:
+    if training and group is not None:
+        all_reduce = _all_reduce(group)
+        count = all_reduce(Tensor(x.size // x.shape[1], x.dtype))
+        mean = all_reduce(x_cm.sum(axis=batch_axes)) / count
+        var = all_reduce(ops.square(x_cm - _per_channel(mean, ndim)).sum(axis=batch_axes)) / count
+    elif training:
         mean = x_cm.mean(axis=batch_axes)
         var = ops.square(x_cm - _per_channel(mean, ndim)).mean(axis=batch_axes)
     else:
-        mean, var = moving_mean, moving_variance
+        mean, var = running_mean, running_var
     x_s = (x_cm - _per_channel(mean, ndim)) * _per_channel(ops.rsqrt(var + _scalar(eps, x.dtype)), ndim)
     if scale_weight is not None:
         k_s = _instance_statistic(scaling_stat, x_s, eps)
         x_s = x_s * ops.sigmoid(_per_channel(scale_weight, ndim) * k_s + _per_channel(scale_bias, ndim))
-    if gamma is not None:
-        x_s = x_s * _per_channel(gamma, ndim) + _per_channel(beta, ndim)
+    if weight is not None:
+        x_s = x_s * _per_channel(weight, ndim) + _per_channel(bias, ndim)
     return x_s, mean, var
 
 
-# ----------------------------------------------------------------------------- channel-statistics path
-
-
-def _channel_coefficients(mean, var, gamma, beta, center_weight, scale_weight, scale_bias,
-                          moving_mean, moving_variance, eps, centering_statistic, scaling_statistic,
-                          batch_moments):
-    """The (N, C) coefficients of ``Y = A * x_hat + B`` from the per-instance moments of X.
+def _channel_coefficients(mean, var, weight, bias, center_weight, scale_weight, scale_bias, running_mean,
+                          running_var, eps, centering_statistic, scaling_statistic, batch_moments):
+    """The (N, C) coefficients of ``Y = A * (X - mean) + B`` from the per-instance moments of X.
 
     ``mean``, ``var``: per-instance mean and biased variance of X, (N, C). Per instance X_cm
     has mean ``mean + w_m * K_m`` and the variance of X; the batch statistics follow by the
-    law of total variance (every instance has the same element count). With
-    ``std = sqrt(var + eps)``: ``X_s = ms + std * inv * x_hat`` where ``ms`` is the instance
-    mean of X_s (variance ``var * inv^2``), so ``A = gamma * gate * std * inv`` and
-    ``B = gamma * gate * ms + beta``. ``scaling_statistic`` None means no scaling calibration.
-    Returns (A, B, batch mean, batch biased var) with the batch ones (C,).
+    law of total variance (every instance has the same element count). With ``inv_std`` the
+    batch ``1 / sqrt(Var + eps)``: ``X_s = ms + inv_std * (X - mean)`` where ``ms`` is the
+    instance mean of X_s (variance ``var * inv_std^2``), so ``A = gamma * gate * inv_std`` and
+    ``B = gamma * gate * ms + beta``. Off parts come in neutral (w_m = 0, gamma = 1, beta = 0);
+    ``scaling_statistic`` None means no scaling calibration. Returns (A, B, batch mean, batch
+    biased var) with the batch ones (C,).
 
     The choices come in as functions, not flags: in a Graph-mode ``bprop``, the gradient of a
     function with an ``if`` on a constant fails to compile ("The func graph is empty").
     """
-    std = ops.sqrt(var + eps)
     instance_mean = mean + center_weight * centering_statistic(mean, var, eps)
-    batch_mean, batch_var = batch_moments(instance_mean, var, moving_mean, moving_variance)
+    batch_mean, batch_var = batch_moments(instance_mean, var, running_mean, running_var)
     inv_std = ops.rsqrt(batch_var + eps)
     standardized_mean = (instance_mean - batch_mean) * inv_std
-    scale = gamma
+    scale = weight
     if scaling_statistic is not None:
         k_s = scaling_statistic(standardized_mean, var * ops.square(inv_std), eps)
-        scale = gamma * ops.sigmoid(scale_weight * k_s + scale_bias)
-    return scale * std * inv_std, scale * standardized_mean + beta, batch_mean, batch_var
+        scale = weight * ops.sigmoid(scale_weight * k_s + scale_bias)
+    # Without the scaling gate A is per channel: broadcast, the passes take one value per instance.
+    a = ops.broadcast_to(scale * inv_std, mean.shape)
+    return a, scale * standardized_mean + bias, batch_mean, batch_var
 
 
-def _batch_moments(instance_mean, var, moving_mean, moving_variance):
-    """Batch mean and biased variance of X_cm from the per-instance ones (total variance)."""
-    batch_mean = instance_mean.mean(axis=0)
-    return batch_mean, (var + ops.square(instance_mean - batch_mean)).mean(axis=0)
-
-
-def _moving_moments(instance_mean, var, moving_mean, moving_variance):
-    return moving_mean, moving_variance
-
-
-def _mean_statistic(mean, var, eps):
-    """mu_c from the per-instance moments."""
-    return mean
-
-
-def _std_statistic(mean, var, eps):
-    """sigma_c from the per-instance moments."""
-    return ops.sqrt(var + eps)
-
-
-_INSTANCE_STATISTICS = {"mu_c": _mean_statistic, "sigma_c": _std_statistic}
-
-
-def _channel_path(x, moving_mean, moving_variance, gamma, beta, center_weight,
-                  scale_weight, scale_bias, training, eps, centering_stat, scaling_stat):
-    """Eq. 12 as ``Y = A * x_hat + B`` per instance; returns (y, batch mean, batch var)."""
-    kernel = _channel_statistics_kernel(
-        eps, centering_stat, scaling_stat, scale_weight is not None, training)
+def _channel_path(x, params, running_mean, running_var, training, options, group=None):
+    """Eq. 12 as ``Y = A * (X - mean) + B`` per instance; returns (y, batch mean, batch var)."""
+    weight, bias, center_weight, scale_weight, scale_bias = params
+    eps, centering_stat, scaling_stat = options
+    kernel = _channel_statistics_kernel(eps, centering_stat, scaling_stat, scale_weight is not None, training,
+                                        group)
     # Neutral values for the parts that are off: w_m = 0 gives X_cm = X exactly, gamma = 1 and
     # beta = 0 give Y = X_cs exactly. Scaling has no neutral value (sigmoid < 1): a kernel flag.
-    vectors = (_or_neutral(gamma, 1, x), _or_neutral(beta, 0, x), _or_neutral(center_weight, 0, x),
-               _or_neutral(scale_weight, 0, x), _or_neutral(scale_bias, 0, x),
-               _or_neutral(moving_mean, 0, x), _or_neutral(moving_variance, 1, x))
-    outputs = kernel(x, *vectors)
+    outputs = kernel(x, _or_neutral(weight, 1, x), _or_neutral(bias, 0, x), _or_neutral(center_weight, 0, x),
+                     _or_neutral(scale_weight, 0, x), _or_neutral(scale_bias, 0, x),
+                     _or_neutral(running_mean, 0, x), _or_neutral(running_var, 1, x))
     return outputs[0], outputs[1], outputs[2]
-
-
-def _or_neutral(vector, fill, x):
-    """``vector``, or a (C,) vector of ``fill`` (0 or 1) in x's dtype when it is None.
-
-    ops.depend makes it a graph node instead of a constant: in Graph mode a constant input is
-    dropped from the gradients the kernel's bprop computes ("The output size of the 'bprop'
-    must match the number of parameters"). Only made when needed: in PyNative each op is a
-    dispatch.
-    """
-    if vector is not None:
-        return vector
-    shape = (x.shape[1],)
-    return ops.depend(ops.ones(shape, x.dtype) if fill else ops.zeros(shape, x.dtype), x)
-
-
-@functools.lru_cache(maxsize=None)
-def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics):
-    """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs).
-
-    The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`), else
-    MindSpore's BatchNorm primitive.
-    """
-    instance_kernels = cpu_kernels.instance_kernels()
-    if instance_kernels is None:
-        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics)
-    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels)
-
-
-class _ChannelStatisticsKernel(nn.Cell):
-    """Eq. 12 for channel statistics with a hand-written backward.
-
-    Inputs: x and the seven (C,) vectors (gamma, beta, center_weight, scale_weight,
-    scale_bias, moving_mean, moving_variance). Outputs ``(y, batch_mean, batch_var, mean,
-    var, ...)``: per-instance moments (and whatever else a subclass saves) for ``bprop``; the
-    batch statistics are only used to update the moving statistics, which is not differentiated
-    (their gradient is ignored, as in BatchNorm).
-
-    Backward: with ``x_hat = (X - mean) / std``, mean and var = std^2 - eps being functions of X,
-        dX = (A / std) * (dY - sum_dy / S - x_hat * sum_dy_x_hat / S)    (through x_hat)
-             + d_mean / S + 2 * d_var * std * x_hat / S                  (through mean, var)
-    where d_mean, d_var come from differentiating the (N, C) coefficient math (``GradOperation``)
-    with the per-instance sums as sensitivities. So dX = p * dY + q * x_hat + r per instance.
-
-    Subclasses define ``forward`` and ``backward``, each one ``ms.jit`` function: in PyNative
-    their few dozen ops would each cost a dispatch (most of them (N, C)-sized, where the dispatch
-    is all the cost); compiled they are one launch. In Graph mode they are inlined.
-    """
-
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics):
-        super().__init__()
-        centering_statistic = _INSTANCE_STATISTICS[centering_stat]
-        scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
-        batch_moments = _batch_moments if batch_statistics else _moving_moments
-
-        def coefficients(mean, var, *vectors):
-            return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
-                                          scaling_statistic, batch_moments)
-
-        grad_all = ops.GradOperation(get_all=True, sens_param=True)
-
-        def backward_coefficients(mean, var, sum_dy, sum_dy_x_hat, vectors):
-            """(A, d_mean, d_var) per instance (N*C,) and the gradients of the (C,) vectors."""
-            n, c = sum_dy.shape
-            inputs = (mean.reshape(n, c), var.reshape(n, c)) + vectors
-            a = coefficients(*inputs)[0].reshape(-1)
-            # ops.zeros, not ops.zeros_like: in a Graph-mode bprop the latter fails to compile
-            # ("The func graph is empty ... zeros_like").
-            no_grad = ops.zeros((c,), mean.dtype)
-            grads = grad_all(coefficients)(*inputs, (sum_dy_x_hat, sum_dy, no_grad, no_grad))
-            return a, grads[0].reshape(-1), grads[1].reshape(-1), tuple(grads[2:])
-
-        self.coefficients = coefficients
-        self.backward_coefficients = backward_coefficients
-
-    def construct(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
-                  moving_variance):
-        return self.forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
-                            moving_variance)
-
-
-class _FusedChannelKernel(_ChannelStatisticsKernel):
-    """The channel path on the fused CPU kernels over the (N*C, S) view of X: a moments pass and
-    an affine pass forward, one two-sum pass and one ``p * dY + q * (X - mean) + r`` pass
-    backward. x_hat is never stored: the kernels take X and the instance means."""
-
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels):
-        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics)
-        coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
-
-        def forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean, moving_variance):
-            n, c = x.shape[0], x.shape[1]
-            rows = x.reshape(n * c, -1)
-            mean, var = instance_kernels.moments(rows)
-            a, b, batch_mean, batch_var = coefficients(
-                mean.reshape(n, c), var.reshape(n, c), gamma, beta, center_weight, scale_weight,
-                scale_bias, moving_mean, moving_variance)
-            inv_std = ops.rsqrt(var + _scalar(eps, var.dtype))
-            y = instance_kernels.affine(rows, mean, a.reshape(-1) * inv_std, b.reshape(-1))
-            return y.reshape(x.shape), batch_mean, batch_var, mean, var
-
-        def backward(x, mean, var, dy, *vectors):
-            n, c = x.shape[0], x.shape[1]
-            rows, dy_rows = x.reshape(n * c, -1), dy.reshape(n * c, -1)
-            count = rows.shape[1]
-            sum_dy, sum_dy_centered = instance_kernels.sums(dy_rows, rows, mean)
-            inv_std = ops.rsqrt(var + _scalar(eps, var.dtype))
-            sum_dy_x_hat = sum_dy_centered * inv_std
-            a, d_mean, d_var, vector_grads = backward_coefficients(
-                mean, var, sum_dy.reshape(n, c), sum_dy_x_hat.reshape(n, c), vectors)
-            a_inv_std = a * inv_std
-            dx = instance_kernels.combine(dy_rows, rows, mean, a_inv_std,
-                                          (2 * d_var - a_inv_std * sum_dy_x_hat * inv_std) / count,
-                                          (d_mean - a_inv_std * sum_dy) / count)
-            return (dx.reshape(x.shape),) + vector_grads
-
-        self.forward = ms.jit(forward)
-        self.backward = ms.jit(backward)
-
-    def bprop(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
-              moving_variance, out, dout):
-        return self.backward(x, out[3], out[4], dout[0], gamma, beta, center_weight, scale_weight,
-                             scale_bias, moving_mean, moving_variance)
-
-
-def _as_instances(x):
-    """View (N, C, *spatial) as (1, N*C, S, 1): BatchNorm's channels become the instances."""
-    return x.reshape(1, x.shape[0] * x.shape[1], -1, 1)
 
 
 def _instance_moments(x, eps, bn_train):
@@ -364,75 +286,17 @@ def _instance_moments(x, eps, bn_train):
     return mean, var, x_hat
 
 
-def _instance_affine(x, scale, bias, eps, bn_infer):
-    """``scale * x + bias`` per instance of (1, N*C, S, 1), scale and bias (N*C,)."""
-    if x.dtype == mstype.float64:
-        return x * scale.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
-    # Inference BatchNorm computes scale * (x - 0) / sqrt(1 - eps + eps) + bias; the
-    # variance 1 - eps is not exact in float32, so divide 1 + eps back out instead.
-    instances = x.shape[1]
-    unit_var = ops.ones((instances,), x.dtype)
-    return bn_infer(x, scale * ops.sqrt(unit_var + eps), bias, ops.zeros((instances,), x.dtype), unit_var)[0]
-
-
-class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
-    """The channel path on MindSpore's BatchNorm primitive (any device target; no compiler needed).
-
-    On CPU MindSpore's elementwise ops with a broadcast (N, C, 1, 1) operand are 5-15x slower
-    than plain elementwise ops, while its BatchNorm primitive does a per-channel moments pass and
-    a per-channel affine pass at full speed. X is therefore viewed as ``(1, N*C, S, 1)`` so that
-    "per channel" means "per instance" (float32; float64, which the primitive rejects, takes plain
-    ops). x_hat is saved for the backward: two reductions and two affine passes.
-    """
-
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics):
-        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics)
-        coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
-        # momentum=0: the training primitive writes its "moving statistics" inputs in place
-        # (throw-away zeros/ones, which may be shared constants in Graph mode); with 0 it
-        # writes back what was there.
-        bn_train = ops.BatchNorm(is_training=True, epsilon=eps, momentum=0.0)
-        bn_infer = ops.BatchNorm(is_training=False, epsilon=eps)
-
-        def forward(x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean, moving_variance):
-            n, c = x.shape[0], x.shape[1]
-            mean, var, x_hat = _instance_moments(_as_instances(x), eps, bn_train)
-            a, b, batch_mean, batch_var = coefficients(
-                mean.reshape(n, c), var.reshape(n, c), gamma, beta, center_weight, scale_weight,
-                scale_bias, moving_mean, moving_variance)
-            y = _instance_affine(x_hat, a.reshape(-1), b.reshape(-1), eps, bn_infer)
-            return y.reshape(x.shape), batch_mean, batch_var, mean, var, x_hat
-
-        def backward(x, mean, var, x_hat, dy, *vectors):
-            n, c = x.shape[0], x.shape[1]
-            count = x.size // (n * c)
-            dy = _as_instances(dy)
-            sum_dy = dy.reshape(n * c, -1).sum(-1)
-            sum_dy_x_hat = (dy * x_hat).reshape(n * c, -1).sum(-1)
-            a, d_mean, d_var, vector_grads = backward_coefficients(
-                mean, var, sum_dy.reshape(n, c), sum_dy_x_hat.reshape(n, c), vectors)
-            std = ops.sqrt(var + _scalar(eps, var.dtype))
-            a_over_std = a / std
-            dx = (_instance_affine(dy, a_over_std, (d_mean - a_over_std * sum_dy) / count, eps, bn_infer)
-                  + _instance_affine(x_hat, (2 * d_var * std - a_over_std * sum_dy_x_hat) / count,
-                                     ops.zeros(std.shape, std.dtype), eps, bn_infer))
-            return (dx.reshape(x.shape),) + vector_grads
-
-        self.forward = ms.jit(forward)
-        self.backward = ms.jit(backward)
-
-    def bprop(self, x, gamma, beta, center_weight, scale_weight, scale_bias, moving_mean,
-              moving_variance, out, dout):
-        return self.backward(x, out[3], out[4], out[5], dout[0], gamma, beta, center_weight,
-                             scale_weight, scale_bias, moving_mean, moving_variance)
-
-
-# ----------------------------------------------------------------------------- shared utilities
+# ----------------------------------------------------------------------------- small shared pieces
 
 
 def _per_channel(vector, ndim):
     """(C,) -> (1, C, 1, ...) to broadcast against an ndim input."""
     return vector.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _reduction_dims(statistic, ndim):
+    """Spatial axes for the channel statistics ``*_c``, the channel axis for ``*_s``."""
+    return tuple(range(2, ndim)) if statistic.endswith("_c") else (1,)
 
 
 def _scalar(value, dtype):
@@ -444,6 +308,240 @@ def _scalar(value, dtype):
     return Tensor(value, dtype)
 
 
-def _reduction_dims(statistic, ndim):
-    """Spatial axes for the channel statistics ``*_c``, the channel axis for ``*_s``."""
-    return tuple(range(2, ndim)) if statistic.endswith("_c") else (1,)
+def _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
+    """True when every calibration that is on uses a per-instance (channel) statistic."""
+    return ((center_weight is None or centering_stat in _CHANNEL_STATISTICS)
+            and (scale_weight is None or scaling_stat in _CHANNEL_STATISTICS))
+
+
+def _batch_moments(instance_mean, var, running_mean, running_var):
+    """Batch mean and biased variance of X_cm from the per-instance ones (total variance)."""
+    batch_mean = instance_mean.mean(axis=0)
+    return batch_mean, (var + ops.square(instance_mean - batch_mean)).mean(axis=0)
+
+
+def _synced_batch_moments(group):
+    """``_batch_moments`` over the union of the processes' batches: counts and sums of the
+    instance means all-reduced first, then the spread around the common mean (no
+    E[x^2] - E[x]^2). MindSpore differentiates AllReduce (the gradients are all-reduced)."""
+    all_reduce = _all_reduce(group)
+
+    def batch_moments(instance_mean, var, running_mean, running_var):
+        instances = ops.depend(Tensor([instance_mean.shape[0]], instance_mean.dtype), instance_mean)
+        totals = all_reduce(ops.concat((instance_mean.sum(axis=0), instances)))
+        batch_mean = totals[:-1] / totals[-1]
+        spread = all_reduce((var + ops.square(instance_mean - batch_mean)).sum(axis=0))
+        return batch_mean, spread / totals[-1]
+
+    return batch_moments
+
+
+@functools.lru_cache(maxsize=None)
+def _all_reduce(group):
+    """One sum ``AllReduce`` primitive per communication group."""
+    return ops.AllReduce(ops.ReduceOp.SUM, group)
+
+
+def _running_moments(instance_mean, var, running_mean, running_var):
+    """The running statistics, in place of the batch ones (evaluation)."""
+    return running_mean, running_var
+
+
+def _mean_statistic(mean, var, eps):
+    """mu_c from the per-instance moments."""
+    return mean
+
+
+def _std_statistic(mean, var, eps):
+    """sigma_c from the per-instance moments."""
+    return ops.sqrt(var + eps)
+
+
+_INSTANCE_STATISTICS = {"mu_c": _mean_statistic, "sigma_c": _std_statistic}
+
+
+def _or_neutral(vector, fill, x):
+    """``vector``, or a (C,) vector of ``fill`` (0 or 1) in x's dtype when it is None.
+
+    ops.depend makes it a graph node instead of a constant: in Graph mode a constant input is
+    dropped from the gradients the kernel's bprop computes ("The output size of the 'bprop'
+    must match the number of parameters"). Only made when needed: in PyNative each op is a
+    dispatch.
+    """
+    if vector is not None:
+        return vector
+    shape = (x.shape[1],)
+    return ops.depend(ops.ones(shape, x.dtype) if fill else ops.zeros(shape, x.dtype), x)
+
+
+def _as_instances(x):
+    """View (N, C, *spatial) as (1, N*C, S, 1): BatchNorm's channels become the instances."""
+    return x.reshape(1, x.shape[0] * x.shape[1], -1, 1)
+
+
+def _instance_affine(x, scale, bias, eps, bn_infer):
+    """``scale * x + bias`` per instance of (1, N*C, S, 1), scale and bias (N*C,)."""
+    if x.dtype == mstype.float64:
+        return x * scale.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+    # Inference BatchNorm computes scale * (x - 0) / sqrt(1 - eps + eps) + bias; the
+    # variance 1 - eps is not exact in float32, so divide 1 + eps back out instead.
+    instances = x.shape[1]
+    unit_var = ops.ones((instances,), x.dtype)
+    return bn_infer(x, scale * ops.sqrt(unit_var + eps), bias, ops.zeros((instances,), x.dtype), unit_var)[0]
+
+
+# ----------------------------------------------------------------------------- MindSpore-only: kernel Cells
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group=None):
+    """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs).
+
+    The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`), else
+    MindSpore's BatchNorm primitive.
+    """
+    instance_kernels = cpu_kernels.instance_kernels()
+    if instance_kernels is None:
+        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
+    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group,
+                               instance_kernels)
+
+
+class _ChannelStatisticsKernel(nn.Cell):
+    """Eq. 12 for channel statistics with a hand-written backward.
+
+    Inputs: x and the seven (C,) vectors (weight, bias, center_weight, scale_weight, scale_bias,
+    running_mean, running_var), positional: a ``bprop`` takes tensors, not tuples. Outputs
+    ``(y, batch_mean, batch_var, mean, var, ...)``: per-instance moments (and whatever else a
+    subclass saves) for ``bprop``; the batch statistics are only used to update the running
+    statistics, which is not differentiated (their gradient is ignored, as in BatchNorm).
+
+    Backward: ``Y = A * (X - mean) + B`` with A, B functions of the instance mean and biased
+    variance var, themselves functions of X, so with S values per instance
+        dX = A * dY + (d_mean - A * sum_dy) / S + 2 * d_var * (X - mean) / S
+    where d_mean, d_var come from differentiating the (N, C) coefficient math (``GradOperation``)
+    with the per-instance sums ``sum dY * (X - mean)`` (for A) and ``sum dY`` (for B) as
+    sensitivities. So dX = p * dY + q * (X - mean) + r per instance.
+
+    Subclasses define ``forward`` and ``backward``, each one ``ms.jit`` function: in PyNative
+    their few dozen ops would each cost a dispatch (most of them (N, C)-sized, where the dispatch
+    is all the cost); compiled they are one launch. In Graph mode they are inlined.
+    """
+
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group):
+        super().__init__()
+        centering_statistic = _INSTANCE_STATISTICS[centering_stat]
+        scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
+        if not batch_statistics:
+            batch_moments = _running_moments
+        else:
+            batch_moments = _batch_moments if group is None else _synced_batch_moments(group)
+
+        def coefficients(mean, var, *vectors):
+            return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
+                                         scaling_statistic, batch_moments)
+
+        grad_all = ops.GradOperation(get_all=True, sens_param=True)
+
+        def backward_coefficients(mean, var, sum_dy, sum_dy_centered, vectors):
+            """(A, d_mean, d_var) per instance (N*C,) and the gradients of the (C,) vectors."""
+            n, c = sum_dy.shape
+            inputs = (mean.reshape(n, c), var.reshape(n, c)) + vectors
+            a = coefficients(*inputs)[0].reshape(-1)
+            # ops.zeros, not ops.zeros_like: in a Graph-mode bprop the latter fails to compile
+            # ("The func graph is empty ... zeros_like").
+            no_grad = ops.zeros((c,), mean.dtype)
+            grads = grad_all(coefficients)(*inputs, (sum_dy_centered, sum_dy, no_grad, no_grad))
+            return a, grads[0].reshape(-1), grads[1].reshape(-1), tuple(grads[2:])
+
+        self.coefficients = coefficients
+        self.backward_coefficients = backward_coefficients
+
+    def construct(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var):
+        return self.forward(x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var)
+
+
+class _FusedChannelKernel(_ChannelStatisticsKernel):
+    """The channel path on the fused CPU kernels over the (N*C, S) view of X: a moments pass and
+    an affine pass forward, one two-sum pass and one ``p * dY + q * (X - mean) + r`` pass
+    backward. Nothing but the instance moments is saved: the kernels take X and the means."""
+
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, instance_kernels):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
+        coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
+
+        def forward(x, *vectors):
+            n, c = x.shape[0], x.shape[1]
+            rows = x.reshape(n * c, -1)
+            mean, var = instance_kernels.moments(rows)
+            a, b, batch_mean, batch_var = coefficients(mean.reshape(n, c), var.reshape(n, c), *vectors)
+            y = instance_kernels.affine(rows, mean, a.reshape(-1), b.reshape(-1))
+            return y.reshape(x.shape), batch_mean, batch_var, mean, var
+
+        def backward(x, mean, var, dy, *vectors):
+            n, c = x.shape[0], x.shape[1]
+            rows, dy_rows = x.reshape(n * c, -1), dy.reshape(n * c, -1)
+            count = rows.shape[1]
+            sum_dy, sum_dy_centered = instance_kernels.sums(dy_rows, rows, mean)
+            a, d_mean, d_var, vector_grads = backward_coefficients(
+                mean, var, sum_dy.reshape(n, c), sum_dy_centered.reshape(n, c), vectors)
+            dx = instance_kernels.combine(dy_rows, rows, mean, a, 2 * d_var / count, (d_mean - a * sum_dy) / count)
+            return (dx.reshape(x.shape),) + vector_grads
+
+        self.forward = ms.jit(forward)
+        self.backward = ms.jit(backward)
+
+    def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
+        return self.backward(x, out[3], out[4], dout[0], weight, bias, center_weight, scale_weight, scale_bias,
+                             running_mean, running_var)
+
+
+class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
+    """The channel path on MindSpore's BatchNorm primitive (any device target; no compiler needed).
+
+    On CPU MindSpore's elementwise ops with a broadcast (N, C, 1, 1) operand are 5-15x slower
+    than plain elementwise ops, while its BatchNorm primitive does a per-channel moments pass and
+    a per-channel affine pass at full speed. X is therefore viewed as ``(1, N*C, S, 1)`` so that
+    "per channel" means "per instance" (float32; float64, which the primitive rejects, takes plain
+    ops). The primitive gives x_hat = (X - mean) / std, std = sqrt(var + eps), so the affine maps
+    act on x_hat (A * std instead of A); x_hat is saved for the backward: two reductions and two
+    affine passes.
+    """
+
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
+        coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
+        # momentum=0: the training primitive writes its "moving statistics" inputs in place
+        # (throw-away zeros/ones, which may be shared constants in Graph mode); with 0 it
+        # writes back what was there.
+        bn_train = ops.BatchNorm(is_training=True, epsilon=eps, momentum=0.0)
+        bn_infer = ops.BatchNorm(is_training=False, epsilon=eps)
+
+        def forward(x, *vectors):
+            n, c = x.shape[0], x.shape[1]
+            mean, var, x_hat = _instance_moments(_as_instances(x), eps, bn_train)
+            a, b, batch_mean, batch_var = coefficients(mean.reshape(n, c), var.reshape(n, c), *vectors)
+            std = ops.sqrt(var + _scalar(eps, var.dtype))
+            y = _instance_affine(x_hat, a.reshape(-1) * std, b.reshape(-1), eps, bn_infer)
+            return y.reshape(x.shape), batch_mean, batch_var, mean, var, x_hat
+
+        def backward(x, mean, var, x_hat, dy, *vectors):
+            n, c = x.shape[0], x.shape[1]
+            count = x.size // (n * c)
+            dy = _as_instances(dy)
+            std = ops.sqrt(var + _scalar(eps, var.dtype))
+            sum_dy = dy.reshape(n * c, -1).sum(-1)
+            sum_dy_centered = (dy * x_hat).reshape(n * c, -1).sum(-1) * std
+            a, d_mean, d_var, vector_grads = backward_coefficients(
+                mean, var, sum_dy.reshape(n, c), sum_dy_centered.reshape(n, c), vectors)
+            dx = (_instance_affine(dy, a, (d_mean - a * sum_dy) / count, eps, bn_infer)
+                  + _instance_affine(x_hat, 2 * d_var * std / count, ops.zeros(std.shape, std.dtype), eps,
+                                     bn_infer))
+            return (dx.reshape(x.shape),) + vector_grads
+
+        self.forward = ms.jit(forward)
+        self.backward = ms.jit(backward)
+
+    def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
+        return self.backward(x, out[3], out[4], out[5], dout[0], weight, bias, center_weight, scale_weight,
+                             scale_bias, running_mean, running_var)

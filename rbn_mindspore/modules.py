@@ -1,38 +1,18 @@
-"""RepresentativeBatchNorm1d/2d/3d Cells: ``mindspore.nn.BatchNorm*d`` plus the two calibrations."""
+"""RepresentativeBatchNorm1d/2d/3d Cells: ``mindspore.nn.BatchNorm1d/2d/3d`` plus the two calibrations."""
 
 import mindspore.common.dtype as mstype
 from mindspore import Parameter, Tensor, nn
+from mindspore.communication import GlobalComm, get_group_size
 from mindspore.common.initializer import initializer
 
 from rbn_reference import check_statistic
 
-from .functional import representative_batch_norm
+from .functional import _HALF_TYPES, representative_batch_norm
 
 
 class _RepresentativeBatchNorm(nn.Cell):
-    r"""Representative BatchNorm (Gao et al., CVPR 2021): BatchNorm with a centering
-    calibration ``X_cm = X + w_m * K_m`` before it and a scaling calibration
-    ``X_cs = X_s * sigmoid(w_v * K_s + w_b)`` before the affine transform (Eq. 12).
-
-    The interface is ``mindspore.nn.BatchNorm2d``'s, with MindSpore's names and momentum
-    convention; what differs:
-
-    - keyword-only ``centering``/``scaling`` switch the calibrations, ``centering_stat``/
-      ``scaling_stat`` choose K_m/K_s among ``mu_c``, ``sigma_c``, ``mu_s``, ``sigma_s``.
-    - ``momentum=None`` keeps a cumulative average of the batch statistics, counted in the
-      non-trainable Parameter ``num_batches_tracked`` (always present, as in PyTorch).
-    - ``dtype`` may be float64 (MindSpore's BatchNorm takes float16/float32 only); the input
-      must have the layer's dtype.
-    - ``data_format="NHWC"`` (2d only) also works on CPU.
-
-    Names: ``gamma``/``beta``/``moving_mean``/``moving_variance`` are PyTorch's ``weight``/
-    ``bias``/``running_mean``/``running_var`` (the canonical names of the other frameworks, see
-    :func:`rbn_mindspore.state_dict_to_numpy`); ``center_weight`` (w_m), ``scale_weight``
-    (w_v), ``scale_bias`` (w_b) are the same everywhere. ``momentum`` 0.9 here is PyTorch's 0.1:
-    ``moving = momentum * moving + (1 - momentum) * batch``, with the unbiased batch variance.
-    Calibrations start as in the paper: w_m = 0, w_v = 0, w_b = 1. With ``affine=False``,
-    ``gamma``/``beta`` stay 1/0 and are not trained (as in MindSpore's BatchNorm).
-    """
+    """The Cell behind RepresentativeBatchNorm1d/2d/3d (documented there): parameters, moving
+    statistics, resets, and the mapping of MindSpore's names onto the functional's canonical ones."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True, gamma_init="ones",
                  beta_init="zeros", moving_mean_init="zeros", moving_var_init="ones",
@@ -62,6 +42,7 @@ class _RepresentativeBatchNorm(nn.Cell):
         self.centering_stat = centering_stat
         self.scaling_stat = scaling_stat
         self.gamma_init, self.beta_init = gamma_init, beta_init
+        self._group = None  # a communication group: SyncRepresentativeBatchNorm
         self.moving_mean_init, self.moving_var_init = moving_mean_init, moving_var_init
 
         self.gamma = Parameter(initializer(gamma_init, num_features, dtype), name="gamma", requires_grad=affine)
@@ -118,30 +99,134 @@ class _RepresentativeBatchNorm(nn.Cell):
     def _check_input_dim(self, ndim):
         raise NotImplementedError
 
+    def add_flags(self, **flags):
+        """Mixed precision (``to_float``, ``mindspore.amp`` O2/O3) reaches every Cell here: RBN stays a
+        float32 island, as ``AMP_BLACK_LIST`` keeps ``nn.BatchNorm*d`` under O2. With a float16
+        flag MindSpore would cast the inputs of every op inside ``construct`` to float16, and the
+        statistics overflow (an unbiased batch variance of inf)."""
+        if flags.get("fp16") or flags.get("bf16"):
+            flags = dict(flags, fp16=False, bf16=False, fp32=True)
+        return super().add_flags(**flags)
+
     def construct(self, x):
         self._check_input_dim(x.ndim)
-        if x.dtype != self.gamma.dtype:
+        # float16/bfloat16 into a float32 layer is mixed precision (AMP O2/O3 cast the inputs of
+        # every Cell): computed in float32, as MindSpore's BatchNorm. Anything else is a mistake.
+        if x.dtype != self.gamma.dtype and not (x.dtype in _HALF_TYPES and self.gamma.dtype == mstype.float32):
             raise TypeError(f"expected {self.gamma.dtype} input (got {x.dtype} input)")
         if self.data_format == "NHWC":
             x = x.transpose(0, 3, 1, 2)
         if x.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} channels (got {x.shape[1]})")
         use_batch_statistics = self.training if self.use_batch_statistics is None else self.use_batch_statistics
+        # MindSpore's names on the Cell, the canonical ones in the functional.
         y = representative_batch_norm(
             x, self.moving_mean, self.moving_variance,
-            self.gamma if self.affine else None, self.beta if self.affine else None,
-            self.center_weight, self.scale_weight, self.scale_bias,
+            weight=self.gamma, bias=self.beta,  # applied even when frozen (affine=False), as in nn.BatchNorm2d
+            center_weight=self.center_weight, scale_weight=self.scale_weight, scale_bias=self.scale_bias,
             training=use_batch_statistics,
             momentum=self._update_factor,
             eps=self.eps, centering_stat=self.centering_stat, scaling_stat=self.scaling_stat,
-            num_batches_tracked=self.num_batches_tracked)
+            num_batches_tracked=self.num_batches_tracked, group=self._group)
         if self.data_format == "NHWC":
             y = y.transpose(0, 2, 3, 1)
         return y
 
 
+_DOCSTRING = r"""
+    Representative Batch Normalization (Gao et al., CVPR 2021) over a {rank} input: MindSpore's
+    ``nn.BatchNorm{dims}`` with a centering calibration before the normalization and a scaling
+    calibration before the affine transform (Eq. 12):
+
+    .. math::
+        X_{{cm}} = X + w_m \odot K_m, \qquad
+        X_m = X_{{cm}} - \mathrm{{E}}[X_{{cm}}], \qquad
+        X_s = \frac{{X_m}}{{\sqrt{{\mathrm{{Var}}[X_{{cm}}] + \epsilon}}}}, \\
+        X_{{cs}} = X_s \odot \mathrm{{sigmoid}}(w_v \odot K_s + w_b), \qquad
+        Y = X_{{cs}} \odot \gamma + \beta
+
+    :math:`K_m`, :math:`K_s` are per-instance statistics: ``"mu_c"`` (the mean over the spatial
+    dims, the paper's choice), ``"sigma_c"`` (their standard deviation), ``"mu_s"``,
+    ``"sigma_s"`` (over the channels). :math:`w_m` is `center_weight`, :math:`w_v`,
+    :math:`w_b` are `scale_weight`, `scale_bias` (init 0, 0, 1, as in the paper; Parameters
+    named so). :math:`\mathrm{{E}}`, :math:`\mathrm{{Var}}` are the batch statistics when batch
+    statistics are used, else `moving_mean`, `moving_variance`, updated as in MindSpore's
+    BatchNorm: ``moving = momentum * moving + (1 - momentum) * batch``, with the unbiased batch
+    variance. The input is never modified. :func:`rbn_mindspore.functional.representative_batch_norm`
+    is the pure function (with the canonical names ``weight``, ``bias``, ``running_mean``,
+    ``running_var``; :func:`rbn_mindspore.state_dict_to_numpy` maps the names).
+
+    Args:
+        num_features (int): `C`, the number of channels of the input.
+        eps (float, optional): :math:`\epsilon`. Default: ``1e-5`` .
+        momentum (float, optional): weight of the old moving statistics in the update; ``None``
+            keeps a cumulative average, counted in the int64 Parameter `num_batches_tracked`
+            (present in every layer, as in PyTorch). Default: ``0.9`` .
+        affine (bool, optional): whether :math:`\gamma` and :math:`\beta` are trained. As in
+            MindSpore's BatchNorm (and unlike PyTorch's), ``False`` freezes them at their init
+            (`gamma_init`, `beta_init`) and still applies them. Default: ``True`` .
+        gamma_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer of
+            :math:`\gamma`. Default: ``'ones'`` .
+        beta_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer of
+            :math:`\beta`. Default: ``'zeros'`` .
+        moving_mean_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer
+            of the moving mean. Default: ``'zeros'`` .
+        moving_var_init (Union[Tensor, str, Initializer, numbers.Number], optional): initializer
+            of the moving variance. Default: ``'ones'`` .
+        use_batch_statistics (bool, optional): ``True``: always the batch statistics (and
+            updates); ``False``: always the moving statistics; ``None``: batch statistics in
+            training (``set_train()``), moving ones otherwise. Default: ``None`` .
+        data_format (str, optional): {data_format} Default: ``'NCHW'`` .
+        dtype (:class:`mindspore.dtype`, optional): dtype of the Parameters and of the input,
+            ``mstype.float32`` or ``mstype.float64``. Default: ``mstype.float32`` .
+        centering (bool, optional): keyword-only; the centering calibration (Eq. 5).
+            Default: ``True`` .
+        scaling (bool, optional): keyword-only; the scaling calibration (Eq. 9). Default: ``True`` .
+        centering_stat (str, optional): keyword-only; :math:`K_m`. Default: ``"mu_c"`` .
+        scaling_stat (str, optional): keyword-only; :math:`K_s`. Default: ``"mu_c"`` .
+
+    Inputs:
+        - **x** (Tensor) - {input_shape}, of the layer's dtype; a float32 layer also takes
+          float16/bfloat16 (mixed precision, ``mindspore.amp`` O2/O3): statistics and per-channel
+          math in float32, Parameters and moving statistics stay float32, the output in the
+          input's dtype, as MindSpore's BatchNorm does.
+
+    Outputs:
+        Tensor of the shape and dtype of `x`.
+
+    Raises:
+        TypeError: If `dtype` is not float32 or float64, or `x` has another dtype (but float16/
+            bfloat16 into a float32 layer).
+        ValueError: If `num_features` is not a positive int, `momentum` is not in [0, 1] or
+            ``None``, `use_batch_statistics` is not a bool or ``None``, `data_format` is neither
+            ``'NCHW'`` nor ``'NHWC'``{data_format_raise}, or a statistic name is unknown.
+        ValueError: If `x` {rank_raise}, or has not `num_features` channels. (As MindSpore's
+            BatchNorm, one value per channel in training gives `beta` and a NaN moving variance; an
+            empty batch gives an empty output and leaves the moving statistics as they are.)
+
+    Supported Platforms:
+        ``CPU`` (tested: fused kernels, or the BatchNorm-primitive path) ``GPU`` ``Ascend``
+        (the BatchNorm-primitive path; untested)
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from rbn_mindspore import {name}
+        >>> net = {name}(num_features=3).set_train()
+        >>> x = ms.Tensor(np.arange({size}, dtype=np.float32).reshape({example_shape}))
+        >>> output = net(x)
+        >>> print(output.shape)
+        {example_shape}
+        >>> print(net.moving_mean.asnumpy().round(3))
+        {example_mean}
+"""
+
+
 class RepresentativeBatchNorm1d(_RepresentativeBatchNorm):
-    __doc__ = _RepresentativeBatchNorm.__doc__ + "\n    Input (N, C) or (N, C, L).\n"
+    __doc__ = _DOCSTRING.format(
+        name="RepresentativeBatchNorm1d", rank="2D or 3D", dims="1d", input_shape=":math:`(N, C)` or :math:`(N, C, L)`",
+        data_format="only ``'NCHW'`` (channels second).", data_format_raise=" (or is ``'NHWC'``, at the call)",
+        rank_raise="is not 2D or 3D", size=6, example_shape="(2, 3)", example_mean="[0.15 0.25 0.35]")
 
     def _check_input_dim(self, ndim):
         if ndim not in (2, 3):
@@ -151,7 +236,12 @@ class RepresentativeBatchNorm1d(_RepresentativeBatchNorm):
 
 
 class RepresentativeBatchNorm2d(_RepresentativeBatchNorm):
-    __doc__ = _RepresentativeBatchNorm.__doc__ + "\n    Input (N, C, H, W), or (N, H, W, C) with data_format='NHWC'.\n"
+    __doc__ = _DOCSTRING.format(
+        name="RepresentativeBatchNorm2d", rank="4D", dims="2d",
+        input_shape=":math:`(N, C, H, W)`, or :math:`(N, H, W, C)` with ``data_format='NHWC'``",
+        data_format="``'NCHW'`` or ``'NHWC'`` (also on CPU, unlike MindSpore's BatchNorm).",
+        data_format_raise="", rank_raise="is not 4D", size=24, example_shape="(2, 3, 2, 2)",
+        example_mean="[0.75 1.15 1.55]")
 
     def _check_input_dim(self, ndim):
         if ndim != 4:
@@ -159,10 +249,85 @@ class RepresentativeBatchNorm2d(_RepresentativeBatchNorm):
 
 
 class RepresentativeBatchNorm3d(_RepresentativeBatchNorm):
-    __doc__ = _RepresentativeBatchNorm.__doc__ + "\n    Input (N, C, D, H, W).\n"
+    __doc__ = _DOCSTRING.format(
+        name="RepresentativeBatchNorm3d", rank="5D", dims="3d", input_shape=":math:`(N, C, D, H, W)`",
+        data_format="only ``'NCHW'`` (channels second).", data_format_raise=" (or is ``'NHWC'``, at the call)",
+        rank_raise="is not 5D", size=48, example_shape="(2, 3, 2, 2, 2)", example_mean="[1.55 2.35 3.15]")
 
     def _check_input_dim(self, ndim):
         if ndim != 5:
             raise ValueError(f"expected 5D input (got {ndim}D input)")
         if self.data_format != "NCHW":
             raise ValueError(f"data_format {self.data_format!r} is only for 2d layers")
+
+
+class SyncRepresentativeBatchNorm(_RepresentativeBatchNorm):
+    r"""
+    Representative Batch Normalization with the batch statistics of all processes, on
+    MindSpore's collectives (``mindspore.communication``; CPU with the ``mccl`` backend under
+    ``msrun`` or the dynamic-cluster environment variables, GPU/Ascend with theirs), as
+    ``mindspore.nn.SyncBatchNorm`` (Ascend only) is for BatchNorm. Eq. 12:
+
+    .. math::
+        X_{cm} = X + w_m \odot K_m, \qquad
+        X_m = X_{cm} - \mathrm{E}[X_{cm}], \qquad
+        X_s = \frac{X_m}{\sqrt{\mathrm{Var}[X_{cm}] + \epsilon}}, \\
+        X_{cs} = X_s \odot \mathrm{sigmoid}(w_v \odot K_s + w_b), \qquad
+        Y = X_{cs} \odot \gamma + \beta
+
+    with :math:`\mathrm{E}`, :math:`\mathrm{Var}` over the union of the processes' batches in
+    training (two ``AllReduce`` of (C,)-sized sums forward, stable: the spread is summed around
+    the common mean; the gradients go back through MindSpore's AllReduce gradient). The
+    per-instance statistics :math:`K_m`, :math:`K_s` stay local. Without an initialised
+    communication, with one process, or when the moving statistics are used, it computes what
+    :class:`RepresentativeBatchNorm2d` computes. Every process must call it in every step.
+
+    Args:
+        num_features (int): `C`.
+        eps (float, optional): :math:`\epsilon`. Default: ``1e-5`` .
+        momentum (float, optional): as :class:`RepresentativeBatchNorm2d`. Default: ``0.9`` .
+        affine (bool, optional): as :class:`RepresentativeBatchNorm2d`. Default: ``True`` .
+        gamma_init, beta_init, moving_mean_init, moving_var_init (optional): initializers.
+            Default: ``'ones'``, ``'zeros'``, ``'zeros'``, ``'ones'`` .
+        use_batch_statistics (bool, optional): as :class:`RepresentativeBatchNorm2d`.
+            Default: ``None`` .
+        process_groups (list, optional): only ``None`` (all processes) is supported.
+            Default: ``None`` .
+        dtype (:class:`mindspore.dtype`, optional): float32 or float64. Default: ``mstype.float32`` .
+        centering, scaling, centering_stat, scaling_stat (optional): keyword-only, as
+            :class:`RepresentativeBatchNorm2d`.
+
+    Inputs:
+        - **x** (Tensor) - :math:`(N, C)` to :math:`(N, C, D, H, W)`; N may differ between processes.
+
+    Outputs:
+        Tensor of the shape and dtype of `x`.
+
+    Raises:
+        ValueError: If `process_groups` is not ``None``, or as :class:`RepresentativeBatchNorm2d`.
+
+    Supported Platforms:
+        ``CPU`` (tested with 2 processes) ``GPU`` ``Ascend`` (untested)
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from rbn_mindspore import SyncRepresentativeBatchNorm
+        >>> net = SyncRepresentativeBatchNorm(3).set_train()  # one process: local statistics
+        >>> print(net(ms.Tensor(np.arange(12, dtype=np.float32).reshape(2, 3, 2))).shape)
+        (2, 3, 2)
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True, gamma_init="ones", beta_init="zeros",
+                 moving_mean_init="zeros", moving_var_init="ones", use_batch_statistics=None, process_groups=None,
+                 dtype=mstype.float32, **rbn_kwargs):
+        super().__init__(num_features, eps, momentum, affine, gamma_init, beta_init, moving_mean_init,
+                         moving_var_init, use_batch_statistics, "NCHW", dtype, **rbn_kwargs)
+        if process_groups is not None:
+            raise ValueError("process_groups is not supported: None synchronizes all processes")
+        if GlobalComm.INITED and get_group_size() > 1:
+            self._group = GlobalComm.WORLD_COMM_GROUP
+
+    def _check_input_dim(self, ndim):
+        if not 2 <= ndim <= 5:
+            raise ValueError(f"expected 2D to 5D input (got {ndim}D input)")

@@ -10,8 +10,8 @@ from mindspore import Tensor
 
 from rbn_reference.parity import NotSupported
 
-from .convert import canonical_parameters, load_numpy_state_dict, state_dict_to_numpy
 from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+from .state_dict import canonical_parameters, load_numpy_state_dict, state_dict_to_numpy
 
 FRAMEWORK = "mindspore"
 LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d, 4: RepresentativeBatchNorm2d,
@@ -19,10 +19,15 @@ LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d, 4: Represe
 
 
 def version():
+    """MindSpore's version, for the parity report's header."""
     return ms.__version__
 
 
 def run_module(x, params, state, dy, *, training, momentum, eps, centering_stat, scaling_stat, steps):
+    """One parity case (``rbn_reference.parity``'s adapter interface): the Cell of ``x``'s rank
+    loaded with the canonical ``params``/``state``, ``steps`` calls in the given mode, the last one
+    differentiated against ``dy``. Returns ``{"y", "grads", "state"}`` as NumPy under canonical
+    names; raises ``NotSupported`` for dtypes other than float32/float64."""
     if x.dtype not in (np.float32, np.float64):
         raise NotSupported(f"rbn_mindspore computes in float32 or float64 (got {x.dtype})")
     layer = LAYERS[x.ndim](

@@ -206,6 +206,14 @@ def test_functional_updates_parameters_in_place():
     assert_close(y.asnumpy(), layer(Tensor(x)).asnumpy(), "float32")
     assert_close(moving_mean.asnumpy(), layer.moving_mean.asnumpy(), "float32")
     assert_close(moving_variance.asnumpy(), layer.moving_variance.asnumpy(), "float32")
+    # The canonical keywords, as F.batch_norm's: weight/bias, running_mean/running_var.
+    y = representative_batch_norm(Tensor(x), running_mean=moving_mean, running_var=moving_variance,
+                                  weight=layer.gamma, bias=layer.beta, center_weight=layer.center_weight,
+                                  scale_weight=layer.scale_weight, scale_bias=layer.scale_bias,
+                                  training=True, momentum=0.1)
+    assert_close(y.asnumpy(), layer(Tensor(x)).asnumpy(), "float32")
+    assert_close(moving_mean.asnumpy(), layer.moving_mean.asnumpy(), "float32")
+    assert_close(moving_variance.asnumpy(), layer.moving_variance.asnumpy(), "float32")
     assert rbn_mindspore.functional.representative_batch_norm is representative_batch_norm
 
 
@@ -243,7 +251,6 @@ def test_jit_function_matches_pynative():
     (RepresentativeBatchNorm2d, (2, 3, 4), "expected 4D input (got 3D input)"),
     (RepresentativeBatchNorm3d, (2, 3, 4, 4), "expected 5D input (got 4D input)"),
     (RepresentativeBatchNorm2d, (2, 5, 4, 4), "expected 3 channels (got 5)"),
-    (RepresentativeBatchNorm1d, (1, 3), "Expected more than 1 value per channel when training, got input size (1, 3)"),
 ])
 def test_bad_input_shape(layer_class, shape, message):
     with pytest.raises(ValueError) as error:
@@ -263,8 +270,8 @@ def test_bad_input_dtype(dtype, message):
     with pytest.raises(TypeError) as error:
         RepresentativeBatchNorm2d(3)(Tensor(np.ones((2, 3, 2, 2), dtype)))
     assert str(error.value) == message
-    with pytest.raises(TypeError, match=r"^expected a float32 or float64 input \(got Int32\)$"):
-        representative_batch_norm(Tensor(np.ones((2, 3), np.int32)), training=True)
+    with pytest.raises(TypeError, match=r"^expected a float16, bfloat16, float32 or float64 input \(got Int32\)$"):
+        representative_batch_norm(Tensor(np.ones((2, 3), np.int32)), None, None, training=True)
 
 
 @pytest.mark.parametrize("argname", ["centering_stat", "scaling_stat"])
@@ -274,7 +281,8 @@ def test_unknown_statistic(argname):
         RepresentativeBatchNorm2d(3, **{argname: "mean"})
     assert str(error.value) == message
     with pytest.raises(ValueError) as error:
-        representative_batch_norm(Tensor(np.ones((2, 3), np.float32)), training=True, **{argname: "mean"})
+        representative_batch_norm(Tensor(np.ones((2, 3), np.float32)), None, None, training=True,
+                                  **{argname: "mean"})
     assert str(error.value) == message
 
 
@@ -297,13 +305,18 @@ def test_nhwc_only_for_2d():
 
 def test_functional_bad_vectors():
     x = Tensor(np.ones((2, 3), np.float32))
-    with pytest.raises(ValueError, match="^scale_weight and scale_bias must be given together or not at all$"):
-        representative_batch_norm(x, scale_weight=Tensor(np.zeros(3, np.float32)), training=True)
-    with pytest.raises(ValueError, match=r"^gamma must have shape \(3,\) for an input with 3 channels \(got \(4,\)\)$"):
-        representative_batch_norm(x, gamma=Tensor(np.ones(4, np.float32)), beta=Tensor(np.ones(4, np.float32)),
-                                  training=True)
-    with pytest.raises(ValueError, match="^moving_mean and moving_variance are needed when training is False$"):
-        representative_batch_norm(x)
+    vector = Tensor(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="^'scale_weight' and 'scale_bias' must be given together or not at all$"):
+        representative_batch_norm(x, None, None, scale_weight=vector, training=True)
+    with pytest.raises(ValueError, match="^'running_mean' and 'running_var' must be given together or not at all$"):
+        representative_batch_norm(x, vector, None, training=True)
+    with pytest.raises(ValueError, match=r"^weight must have shape \(3,\) for an input with 3 channels \(got \(4,\)\)$"):
+        representative_batch_norm(x, None, None, weight=Tensor(np.ones(4, np.float32)),
+                                  bias=Tensor(np.ones(4, np.float32)), training=True)
+    with pytest.raises(TypeError, match="^center_weight has dtype Float64, expected the input's Float32$"):
+        representative_batch_norm(x, None, None, center_weight=Tensor(np.zeros(3)), training=True)
+    with pytest.raises(ValueError, match="^running_mean and running_var are needed when training is False$"):
+        representative_batch_norm(x, None, None)
 
 
 # ----------------------------------------------------------------------------- conversion and checkpoints
@@ -358,8 +371,9 @@ def test_convert_predicate_and_preserve_output_false():
     single = convert_bn_to_rbn(nn.BatchNorm2d(3))
     assert isinstance(single, RepresentativeBatchNorm2d)
     assert_close(single.gamma.asnumpy(), np.full(3, 1 / ops.sigmoid(Tensor(1.0)).asnumpy()), "float32")
-    with pytest.raises(ValueError, match="preserve_output=True needs an affine BatchNorm"):
-        convert_bn_to_rbn(nn.BatchNorm2d(3, affine=False))
+    frozen = convert_bn_to_rbn(nn.BatchNorm2d(3, affine=False))  # gamma frozen, still absorbs the gate
+    assert_close(frozen.gamma.asnumpy(), np.full(3, 1 / ops.sigmoid(Tensor(1.0)).asnumpy()), "float32")
+    assert not frozen.gamma.requires_grad and not frozen.beta.requires_grad
     frozen = convert_bn_to_rbn(nn.BatchNorm2d(3, affine=False), scaling=False)
     assert [param.name for param in frozen.trainable_params()] == ["center_weight"]
 

@@ -7,6 +7,7 @@ from mindspore import nn
 from mindspore.common.initializer import HeNormal, Normal, Zero
 
 from ..modules import RepresentativeBatchNorm2d
+from ._docs import builder_doc
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
 
@@ -34,6 +35,9 @@ class ConvNormActivation(nn.SequentialCell):
 
 
 class InvertedResidual(nn.Cell):
+    """MobileNetV2's inverted residual: 1x1 expansion, 3x3 depthwise, 1x1 linear projection, with
+    the input added when shapes allow. Inputs/Outputs: :math:`(N, C, H, W)`."""
+
     def __init__(self, inp, oup, stride, expand_ratio, norm_layer):
         super().__init__()
         hidden_dim = int(round(inp * expand_ratio))
@@ -53,6 +57,9 @@ class InvertedResidual(nn.Cell):
 
 
 class MobileNetV2(nn.Cell):
+    """MobileNetV2 (Sandler et al. 2018) with torchvision's structure and names; see
+    :func:`mobilenet_v2` for the arguments, inputs and outputs."""
+
     def __init__(self, num_classes=1000, norm_layer=None, dropout=0.2):
         super().__init__()
         norm_layer = norm_layer or RepresentativeBatchNorm2d
@@ -75,3 +82,7 @@ class MobileNetV2(nn.Cell):
 
 def mobilenet_v2(num_classes=1000, norm_layer=None, dropout=0.2):
     return MobileNetV2(num_classes, norm_layer, dropout)
+
+
+mobilenet_v2.__doc__ = builder_doc("mobilenet_v2", "MobileNetV2 (Sandler et al. 2018), width 1.0.", extra_args="""
+        dropout (float, optional): dropout before the classifier. Default: ``0.2`` .""")

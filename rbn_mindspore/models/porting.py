@@ -15,8 +15,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from .. import models  # noqa: F401  (the interface above)
-from ..convert import CANONICAL_NAMES, load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
 from ..modules import RepresentativeBatchNorm2d  # noqa: F401
+from ..state_dict import CANONICAL_NAMES, load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
 
 FRAMEWORK = "mindspore"
 BatchNorm2d = nn.BatchNorm2d  # the baseline norm layer

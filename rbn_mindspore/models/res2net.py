@@ -7,12 +7,16 @@ import math
 
 from mindspore import nn, ops
 
+from ._docs import builder_doc
 from .resnet import ResNet, conv2d
 
 __all__ = ["Bottle2neck", "res2net50_26w_4s"]
 
 
 class Bottle2neck(nn.Cell):
+    """Res2Net's bottleneck: the 3x3 stage split into ``scale`` groups of hierarchical residual
+    convolutions. Inputs/Outputs: :math:`(N, C, H, W)`."""
+
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer, scale=4):
@@ -46,3 +50,6 @@ class Bottle2neck(nn.Cell):
 
 def res2net50_26w_4s(num_classes=1000, norm_layer=None):
     return ResNet(Bottle2neck, [3, 4, 6, 3], num_classes, width_per_group=26, norm_layer=norm_layer)
+
+
+res2net50_26w_4s.__doc__ = builder_doc("res2net50_26w_4s", "Res2Net-50 26w x 4s (Gao et al. 2019).")

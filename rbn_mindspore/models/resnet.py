@@ -1,7 +1,7 @@
 """ResNet and ResNeXt with a pluggable norm layer (default: RepresentativeBatchNorm2d).
 
 Same module structure as ``rbn_torch.models`` (torchvision's); parameter names differ only
-mechanically (``rbn_mindspore.convert`` maps them): ``nn.Dense`` keeps ``weight``/``bias``
+mechanically (``rbn_mindspore.state_dict`` maps them): ``nn.Dense`` keeps ``weight``/``bias``
 with torch's (out, in) layout, a BatchNorm's are ``gamma``/``beta``/``moving_mean``/
 ``moving_variance``.
 """
@@ -9,6 +9,7 @@ from mindspore import nn
 from mindspore.common.initializer import HeNormal
 
 from ..modules import RepresentativeBatchNorm2d
+from ._docs import EQUATION, builder_doc
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50",
            "resnet101", "resnet152", "resnext50_32x4d"]
@@ -23,6 +24,8 @@ def conv2d(in_planes, out_planes, kernel_size, stride=1, groups=1):
 
 
 class BasicBlock(nn.Cell):
+    """ResNet's two-conv residual block (torchvision's ``BasicBlock``): conv-norm-ReLU, conv-norm,
+    plus the (optionally downsampled) input, ReLU. Inputs/Outputs: :math:`(N, C, H, W)`."""
     expansion = 1
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer):
@@ -44,6 +47,8 @@ class BasicBlock(nn.Cell):
 
 
 class Bottleneck(nn.Cell):
+    """ResNet's 1x1-3x3-1x1 residual block with expansion 4 (torchvision's ``Bottleneck``; grouped
+    3x3 for ResNeXt). Inputs/Outputs: :math:`(N, C, H, W)`."""
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer):
@@ -67,6 +72,38 @@ class Bottleneck(nn.Cell):
 
 
 class ResNet(nn.Cell):
+    r"""ResNet / ResNeXt (He et al. 2016; Xie et al. 2017) with torchvision's structure and names.
+    {equation}
+
+    Args:
+        block (type): :class:`BasicBlock` or :class:`Bottleneck` (or Res2Net's ``Bottle2neck``).
+        layers (list[int]): blocks per stage, four stages.
+        num_classes (int, optional): outputs of the classifier. Default: ``1000`` .
+        groups (int, optional): groups of the 3x3 convolutions (ResNeXt). Default: ``1`` .
+        width_per_group (int, optional): channels per group. Default: ``64`` .
+        norm_layer (type, optional): the norm layer class. Default: ``None`` (RBN).
+
+    Inputs:
+        - **x** (Tensor) - :math:`(N, 3, H, W)`, float32.
+
+    Outputs:
+        Tensor of shape :math:`(N, num\_classes)`.
+
+    Raises:
+        ValueError: If :class:`BasicBlock` is given groups or width_per_group other than 1 and 64.
+
+    Supported Platforms:
+        ``CPU`` (tested) ``GPU`` ``Ascend``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from rbn_mindspore.models import ResNet
+        >>> from rbn_mindspore.models.resnet import BasicBlock
+        >>> net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).set_train(False)
+        >>> net(ms.Tensor(np.ones((1, 3, 32, 32), np.float32))).shape
+        (1, 10)
+    """
     def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64, norm_layer=None):
         super().__init__()
         self._norm_layer = norm_layer or RepresentativeBatchNorm2d
@@ -124,3 +161,11 @@ def resnet152(num_classes=1000, norm_layer=None):
 def resnext50_32x4d(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, groups=32, width_per_group=4,
                   norm_layer=norm_layer)
+
+
+for _builder, _summary in ((resnet18, "ResNet-18 (He et al. 2016)."), (resnet34, "ResNet-34 (He et al. 2016)."),
+                           (resnet50, "ResNet-50 (He et al. 2016)."), (resnet101, "ResNet-101 (He et al. 2016)."),
+                           (resnet152, "ResNet-152 (He et al. 2016)."),
+                           (resnext50_32x4d, "ResNeXt-50 32x4d (Xie et al. 2017).")):
+    _builder.__doc__ = builder_doc(_builder.__name__, _summary)
+ResNet.__doc__ = ResNet.__doc__.replace("{equation}", EQUATION)
