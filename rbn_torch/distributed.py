@@ -230,7 +230,8 @@ class _AllReduceMoments(torch.autograd.Function):
         mean64 = mean.detach().reshape(-1).to(torch.float64)
         if count:  # an empty shard's moments are NaN: it sends zeros, and still joins
             local[0] = count
-            local[1:].view(2, -1).copy_(torch.stack([count * mean64, count * (var.detach().reshape(-1) + mean64.square())]))
+            var64 = var.detach().reshape(-1).to(torch.float64)
+            local[1:].view(2, -1).copy_(torch.stack([count * mean64, count * (var64 + mean64.square())]))
         dist.all_reduce(local, group=group)
         total = round(local[0].item())
         if total < 2:  # every process sees the same total, so all of them raise
