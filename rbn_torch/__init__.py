@@ -4,10 +4,12 @@ from rbn.frameworks import lazy_submodules
 
 from . import functional
 from .convert import convert_bn_to_rbn, load_numpy_state_dict, state_dict_to_numpy
+from .distributed import SyncRepresentativeBatchNorm
 from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
 
 __all__ = ["RepresentativeBatchNorm1d", "RepresentativeBatchNorm2d", "RepresentativeBatchNorm3d",
-           "convert_bn_to_rbn", "state_dict_to_numpy", "load_numpy_state_dict", "functional", "models"]
+           "SyncRepresentativeBatchNorm", "convert_bn_to_rbn", "state_dict_to_numpy", "load_numpy_state_dict",
+           "functional", "models"]
 
 
 # ``import rbn_torch`` then ``rbn_torch.models``, as with torchvision, without loading the zoo on import.
