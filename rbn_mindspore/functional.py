@@ -132,7 +132,9 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         return ops.zeros_like(input)
     x = input.astype(mstype.float32) if input.dtype in _HALF_TYPES else input
     params = (weight, bias, center_weight, scale_weight, scale_bias)  # rbn_reference.Parameters' order
-    options = (eps, centering_stat, scaling_stat)  # rbn_reference.Options' order
+    # rbn_reference.Options' order; a calibration that is off has no statistic to compute.
+    options = (eps, centering_stat if center_weight is not None else "mu_c",
+               scaling_stat if scale_weight is not None else "mu_c")
     group = group if training else None
     if _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
         y, batch_mean, batch_var = _channel_path(x, params, running_mean, running_var, training, options, group)
