@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 
 from rbn_reference import STATISTICS, parity
 
-from . import checkpoint, frameworks
+from . import checkpoint, export, frameworks
 from .files import atomic_output
 
 FRAMEWORK_GROUPS = ("forward (train)", "forward (eval)", "grad x", "grads of parameters", "running statistics")
@@ -132,6 +132,27 @@ def run_convert(args):
     return 0
 
 
+def run_export(args):
+    if args.mode != "eval":
+        print("rbn export: error: an exported network runs in eval mode (running statistics); training-mode "
+              "batch statistics and their updates are not part of an inference graph", file=sys.stderr)
+        return 2
+    try:
+        check = export.export(args.src, args.dst, arch=args.arch, src_format=args.src_format, opset=args.opset,
+                              exporter=args.exporter, verify=args.verify, force=args.force)
+    except checkpoint.CheckpointError as error:
+        print(f"rbn export: error: {error}", file=sys.stderr)
+        return 2
+    if check is not None:
+        print(check)
+        if not check.passed:
+            print(f"rbn export: error: onnxruntime's logits differ beyond the float32 tolerance; {args.dst} "
+                  "not written", file=sys.stderr)
+            return 1
+    print(f"rbn export: wrote {args.dst}", file=sys.stderr)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="rbn", description=__doc__.strip() + " Representative BatchNorm tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +193,26 @@ def build_parser():
                                 help="compare SRC's and DST's logits on a seeded batch in eval and train mode")
     convert_parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     convert_parser.set_defaults(handler=run_convert)
+    export_parser = commands.add_parser(
+        "export", help="export a checkpoint as an ONNX model of the eval-mode network",
+        description="Build ARCH in PyTorch from SRC (any checkpoint rbn convert reads), and write the eval-mode "
+                    "network to DST.onnx with a dynamic batch axis, atomically. Exit status 2 on bad input, 1 if "
+                    "--verify finds onnxruntime's logits apart from PyTorch's; nothing is written then.")
+    export_parser.add_argument("src", metavar="SRC")
+    export_parser.add_argument("dst", metavar="DST.onnx")
+    export_parser.add_argument("--arch", required=True, choices=checkpoint.ARCHITECTURES, help="zoo architecture")
+    export_parser.add_argument("--from", dest="src_format", choices=checkpoint.FORMATS,
+                               help="format of SRC (default: from its suffix)")
+    export_parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    export_parser.add_argument("--exporter", choices=export.EXPORTERS, default="dynamo",
+                               help="torch.onnx's exporter: dynamo (torch.export) or legacy (TorchScript); "
+                                    "default: dynamo")
+    export_parser.add_argument("--mode", choices=("eval", "train"), default="eval",
+                               help="the network's mode; only eval can be exported (default: eval)")
+    export_parser.add_argument("--verify", action="store_true",
+                               help="run DST in onnxruntime on a seeded batch and compare with PyTorch's logits")
+    export_parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    export_parser.set_defaults(handler=run_export)
     return parser
 
 

@@ -32,7 +32,7 @@ def _framework(name):
 
 # In the safe import order: Jittor imported before MindSpore makes MindSpore's CPU ops segfault
 # later (std::regex in libmindspore_tools), and torch before MindSpore avoids a Cell.__del__
-# message at exit (shared/notes/frameworks.md).
+# message at exit (docs/porting.md, "Traps met on the way").
 FRAMEWORKS = tuple(_framework(name) for name in ("torch", "mindspore", "jittor"))
 
 
