@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import models  # noqa: F401  (the interface above)
-from ..convert import load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
+from ..state_dict import load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
 from ..modules import RepresentativeBatchNorm2d  # noqa: F401
 
 FRAMEWORK = "torch"
@@ -21,7 +21,22 @@ def read(path):
     """A state dict file as framework-named arrays.
 
     Training scripts often save ``{"state_dict": ..., "epoch": ...}`` or ``{"model": ...}``:
-    the state dict is taken from there.
+    the state dict is taken from there. Loaded with ``weights_only=True``: a file never runs code.
+
+    Args:
+        path (str or PathLike): a ``torch.save`` file.
+
+    Returns:
+        dict: name -> ``numpy.ndarray``.
+
+    Example::
+
+        >>> import os, tempfile, torch
+        >>> from rbn_torch.models import porting
+        >>> path = os.path.join(tempfile.mkdtemp(), "bn.pt")
+        >>> torch.save({"state_dict": torch.nn.BatchNorm2d(2).state_dict(), "epoch": 3}, path)
+        >>> sorted(porting.read(path))
+        ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     wrapped = [key for key in ("state_dict", "model") if isinstance(state, dict) and isinstance(state.get(key), dict)]
@@ -36,19 +51,55 @@ def read(path):
 
 
 def write(path, arrays):
+    """Save framework-named NumPy ``arrays`` as a ``torch.save`` state dict at ``path``.
+
+    Example::
+
+        >>> import os, tempfile, numpy as np
+        >>> from rbn_torch.models import porting
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+        >>> porting.write(path, {"weight": np.ones(2, dtype=np.float32)})
+        >>> porting.read(path)["weight"]
+        array([1., 1.], dtype=float32)
+    """
     torch.save({name: torch.from_numpy(array) for name, array in arrays.items()}, path)
 
 
 def to_canonical(arrays):
+    """Framework names to canonical names: the identity, PyTorch's names are the canonical ones.
+
+    Example::
+
+        >>> from rbn_torch.models import porting
+        >>> porting.to_canonical({"bn1.weight": 1})
+        {'bn1.weight': 1}
+    """
     return dict(arrays)
 
 
 def from_canonical(arrays):
+    """Canonical names to framework names: the identity, as ``to_canonical``.
+
+    Example::
+
+        >>> from rbn_torch.models import porting
+        >>> porting.from_canonical({"bn1.weight": 1})
+        {'bn1.weight': 1}
+    """
     return dict(arrays)
 
 
 def set_mode(model, training):
-    """Train or eval mode for the norm layers; dropout stays off so runs are deterministic."""
+    """Train or eval mode for the norm layers; dropout stays off so runs are deterministic.
+
+    Example::
+
+        >>> from rbn_torch.models import mobilenet_v2, porting
+        >>> model = mobilenet_v2(num_classes=10)
+        >>> porting.set_mode(model, True)
+        >>> model.features[0][1].training, model.classifier[0].training
+        (True, False)
+    """
     model.train(training)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -56,13 +107,39 @@ def set_mode(model, training):
 
 
 def logits(model, x, training):
+    """The logits of ``model`` for the NumPy batch ``x`` (N, 3, H, W), without autograd.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from rbn_torch.models import porting, resnet18
+        >>> porting.logits(resnet18(num_classes=10), np.zeros((2, 3, 32, 32), np.float32), False).shape
+        (2, 10)
+    """
     set_mode(model, training)
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
 
 
 def sgd_step(model, x, target, lr):
-    """One plain SGD step (no momentum, no weight decay) on the cross-entropy, in train mode."""
+    """One plain SGD step (no momentum, no weight decay) on the cross-entropy, in train mode.
+
+    Args:
+        model (nn.Module): a zoo network.
+        x (numpy.ndarray): (N, 3, H, W) batch.
+        target (numpy.ndarray): (N,) int64 class indices.
+        lr (float): the learning rate.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from rbn_torch.models import porting, resnet18
+        >>> model = resnet18(num_classes=10)
+        >>> before = model.fc.bias.detach().clone()
+        >>> porting.sgd_step(model, np.random.rand(2, 3, 32, 32).astype(np.float32), np.array([0, 1]), 0.1)
+        >>> bool((model.fc.bias != before).any())
+        True
+    """
     set_mode(model, True)
     loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(target))
     model.zero_grad()
