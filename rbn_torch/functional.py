@@ -94,7 +94,11 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     options = Options(eps, centering_stat if center_weight is not None else "mu_c",
                       scaling_stat if scale_weight is not None else "mu_c")
 
-    if options.centering_stat in _CHANNEL_STATISTICS and options.scaling_stat in _CHANNEL_STATISTICS:
+    # Eval without calibrations is BatchNorm's per-element map: the channel path would subtract
+    # per-instance means, through which a NaN/Inf element would spread over its instance.
+    batchnorm_only = not use_batch_stats and center_weight is None and scale_weight is None
+    if (options.centering_stat in _CHANNEL_STATISTICS and options.scaling_stat in _CHANNEL_STATISTICS
+            and not batchnorm_only):
         tracing = _is_tracing()
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
         if not needs_grad and not tracing:
