@@ -79,7 +79,7 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     """
     params = Parameters(weight, bias, center_weight, scale_weight, scale_bias)
     _check_arguments(input, running_mean, running_var, params, training, centering_stat, scaling_stat)
-    if input.numel() == 0:
+    if not torch.jit.is_tracing() and input.numel() == 0:  # a trace records the non-empty path
         return _empty_batch(input, params)
 
     # Half precision: statistics in float32, as nn.BatchNorm does; the result in the input's dtype.
@@ -123,12 +123,17 @@ def _check_arguments(input, running_mean, running_var, params, training, centeri
     """
     rbn_reference.check_statistic("centering_stat", centering_stat)
     rbn_reference.check_statistic("scaling_stat", scaling_stat)
+    # jit.trace (and the TorchScript ONNX exporter) sees sizes as tensors: checks on their values
+    # would warn (TracerWarning) and hold only for the example input. Rank and dtype are checked.
+    tracing = torch.jit.is_tracing()
     rbn_reference.check_input(input.shape, input.dtype, input.is_floating_point(),
-                              uses_batch_statistics=training or running_mean is None)
+                              uses_batch_statistics=(training or running_mean is None) and not tracing)
     # weight without bias is BatchNorm's ``bias=False``: only these two pairs go together.
     rbn_reference.check_pairs({"scale_weight": params.scale_weight is not None,
                                "scale_bias": params.scale_bias is not None,
                                "running_mean": running_mean is not None, "running_var": running_var is not None})
+    if tracing:
+        return
     vectors = {"running_mean": running_mean, "running_var": running_var, **params._asdict()}
     rbn_reference.check_channel_vectors(input.shape[1], {
         name: None if tensor is None else tuple(tensor.shape) for name, tensor in vectors.items()})

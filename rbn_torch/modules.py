@@ -79,7 +79,8 @@ class _RepresentativeBatchNorm(_NormBase):
 
     def forward(self, input):
         self._check_input_dim(input)
-        if input.shape[1] != self.num_features:
+        # Sizes are tensors under jit.trace; see functional._check_arguments.
+        if not torch.jit.is_tracing() and input.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} channels (got {input.shape[1]}): the layer was built "
                              f"with num_features={self.num_features}; match it to the previous layer's "
                              f"output channels")

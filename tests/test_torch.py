@@ -236,7 +236,7 @@ def test_torch_compile_matches_eager(tmp_path, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "error::torch.jit.TracerWarning")
 def test_torch_export_and_jit_trace():
     """Tracers record the plain-op form; torch.jit.script is not supported (docs/torch.md)."""
     layer = random_layer(RepresentativeBatchNorm2d(3))

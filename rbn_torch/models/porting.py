@@ -2,11 +2,12 @@
 
 Every framework's ``models/porting.py`` offers the same names: ``read``/``write`` (a file
 as framework-named NumPy arrays), ``to_canonical``/``from_canonical`` (names),
-``set_mode``, ``logits``, ``sgd_step``, and the pieces ``models``, ``BatchNorm2d``,
+``set_mode``, ``logits``, ``sgd_step``, ``export_onnx``, and the pieces ``models``, ``BatchNorm2d``,
 ``RepresentativeBatchNorm2d``, ``load_numpy_state_dict``, ``state_dict_to_numpy``.
 Arrays cross frameworks as NumPy under canonical (PyTorch/torchvision) names.
 """
 import torch
+from rbn.files import atomic_output
 from torch import nn
 
 from .. import models  # noqa: F401  (the interface above)
@@ -147,3 +148,53 @@ def sgd_step(model, x, target, lr):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter -= lr * parameter.grad
+
+
+def export_onnx(model, path, *, input_shape, opset=None, dynamo=True, force=False):
+    """Write the eval-mode ``model`` as an ONNX file at ``path``, with a dynamic batch axis.
+
+    The RBN layers export as plain ops (in eval mode Eq. 12 is an affine map per (n, c):
+    ``Y = A * (X - mean) + B`` with ``A``, ``B`` from the per-instance mean and variance, the
+    running statistics and the parameters), so any runtime runs the file: the custom
+    ``autograd.Function`` of training never reaches the exporter. The model is exported in eval
+    mode and left in the mode it was in. The file is written whole or not at all
+    (``rbn.files.atomic_output``); the graph's input is ``"input"``, its output ``"logits"``.
+
+    Args:
+        model (nn.Module): the network.
+        path (str or PathLike): the ``.onnx`` file to write.
+        input_shape (tuple of int, keyword-only): the example input's shape, e.g. (1, 3, 224, 224);
+            its first axis is exported as the dynamic ``batch`` axis.
+        opset (int, keyword-only): the ONNX opset; None takes the exporter's default. Default: None.
+        dynamo (bool, keyword-only): the ``torch.export``-based exporter (needs ``onnxscript``);
+            False takes the TorchScript one. Default: True.
+        force (bool, keyword-only): overwrite an existing ``path``. Default: False.
+
+    Raises:
+        FileExistsError: ``path`` exists and not ``force``.
+
+    Example::
+
+        >>> import os, tempfile, torch
+        >>> from rbn_torch.models import porting
+        >>> from rbn_torch import RepresentativeBatchNorm2d
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), RepresentativeBatchNorm2d(4))
+        >>> path = os.path.join(tempfile.mkdtemp(), "net.onnx")
+        >>> porting.export_onnx(net, path, input_shape=(2, 3, 8, 8), dynamo=False)
+        >>> os.path.getsize(path) > 0, net.training
+        (True, True)
+    """
+    example = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
+    options = {} if opset is None else {"opset_version": opset}
+    if dynamo:
+        options["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+    else:
+        options["dynamic_axes"] = {"input": {0: "batch"}, "logits": {0: "batch"}}
+    training = model.training
+    model.eval()
+    try:
+        with atomic_output(path, force=force) as temporary:
+            torch.onnx.export(model, (example,), temporary, input_names=["input"], output_names=["logits"],
+                              dynamo=dynamo, verbose=False, **options)
+    finally:
+        model.train(training)
