@@ -3,9 +3,10 @@
 from rbn.frameworks import lazy_submodules
 
 from . import functional
-from .convert import convert_bn_to_rbn, load_numpy_state_dict, state_dict_to_numpy
+from .convert import convert_bn_to_rbn
 from .distributed import SyncRepresentativeBatchNorm
 from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+from .state_dict import load_numpy_state_dict, state_dict_to_numpy
 
 __all__ = ["RepresentativeBatchNorm1d", "RepresentativeBatchNorm2d", "RepresentativeBatchNorm3d",
            "SyncRepresentativeBatchNorm", "convert_bn_to_rbn", "state_dict_to_numpy", "load_numpy_state_dict",

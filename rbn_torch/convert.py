@@ -1,37 +1,65 @@
-"""Turning BatchNorm networks into RBN networks, and state dicts as canonical NumPy arrays."""
+"""Turning BatchNorm networks into RBN networks."""
 
-import numpy as np
 import torch
 from torch import nn
 
-from rbn_reference import check_state_dict, fit_shape
+from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
 
-from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
-                      _RepresentativeBatchNorm)
-
-__all__ = ["convert_bn_to_rbn", "state_dict_to_numpy", "load_numpy_state_dict"]
+__all__ = ["convert_bn_to_rbn"]
 
 _RBN_FOR_BN = ((nn.BatchNorm1d, RepresentativeBatchNorm1d), (nn.BatchNorm2d, RepresentativeBatchNorm2d),
                (nn.BatchNorm3d, RepresentativeBatchNorm3d))
 
 
 def convert_bn_to_rbn(module, *, predicate=None, preserve_output=True, **rbn_kwargs):
-    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``module`` by the RBN of the same dimensionality.
+    r"""Replace every ``nn.BatchNorm1d/2d/3d`` in ``module`` by the RBN of the same dimensionality.
 
-    Like ``nn.SyncBatchNorm.convert_sync_batchnorm``: returns ``module`` with its children
-    replaced (or the new layer if ``module`` itself is a BatchNorm). Only layers for which
-    ``predicate(qualified_name, layer)`` is true are converted (default: all), e.g. one stage
-    of a ResNet as in Table 4. ``rbn_kwargs`` (``centering``, ``scaling``, ``centering_stat``,
-    ``scaling_stat``) go to every new layer. Weight, bias, running statistics,
-    ``num_batches_tracked``, eps, momentum, device, dtype, ``requires_grad`` and the training
-    flag carry over.
+    Like :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`: returns ``module`` with its
+    children replaced (or the new layer if ``module`` itself is a BatchNorm). Weight, bias,
+    running statistics, ``num_batches_tracked``, eps, momentum, device, dtype, ``requires_grad``
+    (frozen layers stay frozen) and the training flag carry over.
 
-    ``preserve_output=True`` makes the converted network compute what it computed before (to
-    rounding), in training and eval mode: centering calibration starts as a no-op (w_m = 0) and
-    the constant gate ``sigmoid(w_b) = sigmoid(1)`` of the scaling calibration is divided
-    out of ``weight``, so pretrained BatchNorm networks can be fine-tuned with RBN.
-    ``preserve_output=False`` copies ``weight`` unchanged, which is the paper's
-    initialisation: each converted layer's output starts scaled by ``sigmoid(1) ~ 0.73``.
+    The new layers compute Eq. 12:
+
+    .. math::
+        X_{cm} = X + w_m \odot K_m(X) \\
+        X_m = X_{cm} - E[X_{cm}] \\
+        X_s = X_m / \sqrt{Var[X_{cm}] + \epsilon} \\
+        X_{cs} = X_s \odot \sigma(w_v \odot K_s(X_s) + w_b) \\
+        Y = X_{cs} \odot \gamma + \beta
+
+    At the paper's init (:math:`w_m = 0`, :math:`w_v = 0`, :math:`w_b = 1`) centering is a
+    no-op and the scaling gate is the constant :math:`\sigma(1) \approx 0.73`.
+    ``preserve_output=True`` divides that gate out of :math:`\gamma`, so that the converted
+    network computes what it computed before (to rounding), in training and eval mode, and a
+    pretrained BatchNorm network can be fine-tuned with RBN. ``preserve_output=False`` copies
+    :math:`\gamma` unchanged (the paper's from-scratch init: outputs scaled by ~0.73).
+
+    Args:
+        module (nn.Module): a network, or one BatchNorm layer.
+        predicate (callable, keyword-only): ``predicate(qualified_name, layer)`` picks the layers
+            to convert, e.g. one stage of a ResNet as in Table 4. Default: None (all).
+        preserve_output (bool, keyword-only): fold the initial gate into ``weight``. Needs an
+            affine BatchNorm unless ``scaling=False``. Default: True.
+        **rbn_kwargs: ``centering``, ``scaling``, ``centering_stat``, ``scaling_stat`` of every
+            new layer.
+
+    Returns:
+        ``module``, converted in place (or the new layer).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from rbn_torch import convert_bn_to_rbn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> before = net(x)
+        >>> net = convert_bn_to_rbn(net)
+        >>> type(net[1]).__name__
+        'RepresentativeBatchNorm2d'
+        >>> torch.allclose(net(x), before, atol=1e-6)
+        True
     """
     predicate = predicate or (lambda name, layer: True)
     return _convert(module, "", predicate, preserve_output, rbn_kwargs)
@@ -73,35 +101,3 @@ def _rbn_from_bn(bn, rbn_class, preserve_output, rbn_kwargs):
             rbn.num_batches_tracked.copy_(bn.num_batches_tracked)
     rbn.train(bn.training)
     return rbn
-
-
-def state_dict_to_numpy(module):
-    """``module.state_dict()`` as NumPy arrays under canonical names (PyTorch's are canonical)."""
-    return {name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()}
-
-
-def load_numpy_state_dict(module, arrays, *, strict=True):
-    """Load canonical-name NumPy ``arrays`` into ``module``, checking every key first.
-
-    Raises one ``rbn_reference.StateDictError`` (a ``KeyError`` and a ``ValueError``) listing
-    every mis-shaped array and, unless ``strict=False``, every missing or unexpected key; nothing
-    is loaded then. RBN parameters are also accepted in the authors' (1, C, 1, 1) shape.
-    """
-    expected = module.state_dict()
-    rbn_parameters = {f"{prefix}.{name}" if prefix else name
-                      for prefix, layer in module.named_modules() if isinstance(layer, _RepresentativeBatchNorm)
-                      for name, _ in layer.named_parameters(recurse=False)}
-    missing = set(expected) - set(arrays)
-    unexpected = set(arrays) - set(expected)
-    mis_shaped = {}
-    tensors = {}
-    for name in set(expected) & set(arrays):
-        value = np.asarray(arrays[name])
-        fitted = fit_shape(value, expected[name].shape, rbn_vector=name in rbn_parameters)
-        if fitted is None:
-            mis_shaped[name] = (tuple(expected[name].shape), value.shape)
-        else:
-            tensors[name] = torch.from_numpy(np.ascontiguousarray(fitted))
-    check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
-    module.load_state_dict(tensors, strict=False)
-    return module

@@ -207,7 +207,8 @@ def _sync_literal_path(x, params, eps, stats, group):
     with warnings.catch_warnings():
         if not x_cm.numel():
             warnings.simplefilter("ignore", UserWarning)
-        y = _literal_path(x_cm, params._replace(center_weight=None), (batch_mean, batch_var), eps, stats)[0]
+        y = _literal_path(x_cm, params._replace(center_weight=None), (batch_mean, batch_var),
+                          rbn_reference.Options(eps, *stats))[0]
     return y, batch_mean.detach(), batch_var.detach(), count
 
 
@@ -279,10 +280,11 @@ class _SyncChannelRBN(torch.autograd.Function):
                                             for p in params))
         with torch.enable_grad():
             # With running=None the coefficients' batch moments are this shard's, about its own mean.
-            local_mean, local_var = _channel_coefficients(mean, var, params, None, eps, stats)[2:]
+            options = rbn_reference.Options(eps, *stats)
+            local_mean, local_var = _channel_coefficients(mean, var, params, None, options)[2:]
             batch_mean, batch_var, count = _AllReduceMoments.apply(local_mean, local_var,
                                                                    x.shape[0] * x.shape[2], group)
-            scale, shift, _, _ = _channel_coefficients(mean, var, params, (batch_mean, batch_var), eps, stats)
+            scale, shift, _, _ = _channel_coefficients(mean, var, params, (batch_mean, batch_var), options)
             scale = scale.expand_as(shift)  # per channel only without scaling calibration
         ctx.save_for_backward(x)
         ctx.graph = (scale, shift, mean, var, params)

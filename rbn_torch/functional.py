@@ -3,17 +3,18 @@
 Two paths compute Eq. 12 of the paper:
 
 - Channel statistics (``mu_c``/``sigma_c`` for both calibrations, or a calibration off):
-  every step is an affine map per (n, c), so ``Y = A[n,c] * X + B'[n,c]`` where ``A``, ``B'``
-  follow from the per-(n, c) mean and variance alone (docs/torch.md): one moments pass and
-  one elementwise pass, BatchNorm's memory traffic. In eager mode with autograd a custom
-  ``autograd.Function`` gives the backward BatchNorm's passes too; tracers (``torch.compile``,
-  ``torch.export``, ``jit.trace``) record the same formula as plain differentiable ops,
-  which inductor fuses itself.
+  every step is an affine map per (n, c), so ``Y = A[n,c] * (X - mean[n,c]) + B[n,c]`` where
+  ``A``, ``B`` follow from the per-(n, c) mean and variance alone (docs/torch.md): one moments
+  pass and one elementwise pass, BatchNorm's memory traffic. In eager training with autograd a
+  custom ``autograd.Function`` gives the backward BatchNorm's passes too. In eval mode and under
+  tracers (``torch.compile``, ``torch.export``, ``jit.trace``, ``torch.onnx.export``) the same
+  formula runs as plain differentiable ops, which inductor fuses and exporters translate.
 - Spatial statistics (``mu_s``/``sigma_s``): Eq. 12 step by step, plain autograd.
 """
 
 import rbn_reference
 import torch
+from rbn_reference import Options, Parameters
 
 __all__ = ["representative_batch_norm"]
 
@@ -21,69 +22,128 @@ _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
 
 
 def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None, center_weight=None,
-                              scale_weight=None, scale_bias=None, training=False, momentum=0.1, eps=1e-5,
+                              scale_weight=None, scale_bias=None, *, training=False, momentum=0.1, eps=1e-5,
                               centering_stat="mu_c", scaling_stat="mu_c"):
-    """Representative BatchNorm of ``input`` (N, C, *spatial), like ``F.batch_norm``.
+    r"""Representative Batch Normalization (Gao et al., CVPR 2021, Eq. 12) of ``input``.
 
-    ``center_weight`` None switches centering calibration off; ``scale_weight`` and
-    ``scale_bias`` None switch scaling calibration off; ``weight``/``bias`` None switch the
-    affine transform off. ``momentum`` is the factor of the running-statistics update
-    ``(1 - momentum) * old + momentum * batch`` (the caller turns a cumulative average into
-    a factor, as ``nn.BatchNorm`` does). ``running_mean``/``running_var`` are updated in
-    place when ``training``; when they are None the batch statistics are always used.
-    float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
+    Like :func:`torch.nn.functional.batch_norm`, with two calibrations around the
+    normalization; per (n, c) instance, with :math:`K_m`, :math:`K_s` the statistics
+    ``centering_stat``, ``scaling_stat`` (Table 3):
+
+    .. math::
+        X_{cm} = X + w_m \odot K_m(X) \\
+        X_m = X_{cm} - E[X_{cm}] \\
+        X_s = X_m / \sqrt{Var[X_{cm}] + \epsilon} \\
+        X_{cs} = X_s \odot \sigma(w_v \odot K_s(X_s) + w_b) \\
+        Y = X_{cs} \odot \gamma + \beta
+
+    :math:`E`, :math:`Var` are the batch mean and biased variance per channel in training
+    (or when there are no running statistics), the running statistics otherwise. A training
+    call updates ``running_mean``/``running_var`` in place to ``(1 - momentum) * old +
+    momentum * batch``, with the unbiased batch variance of :math:`X_{cm}`, as ``F.batch_norm``
+    does. float16/bfloat16 inputs are computed in float32 and returned in their own dtype; the
+    parameters may be float32 then (autocast). The input is never modified.
+
+    Args:
+        input (Tensor): (N, C, *) input, 0 to 3 spatial dims.
+        running_mean (Tensor or None): (C,) running mean, or None to always use batch statistics.
+        running_var (Tensor or None): (C,) running variance; given with ``running_mean``.
+        weight (Tensor, optional): :math:`\gamma`, (C,). Default: None (no scaling).
+        bias (Tensor, optional): :math:`\beta`, (C,). Default: None (no shift).
+        center_weight (Tensor, optional): :math:`w_m`, (C,). Default: None (no centering calibration).
+        scale_weight (Tensor, optional): :math:`w_v`, (C,). Default: None (no scaling calibration).
+        scale_bias (Tensor, optional): :math:`w_b`, (C,); given with ``scale_weight``. Default: None.
+        training (bool): use and update batch statistics. Default: False.
+        momentum (float): factor of the new batch value in the running update. Default: 0.1.
+        eps (float): added to the variances. Default: 1e-5.
+        centering_stat (str): :math:`K_m`: ``"mu_c"``, ``"sigma_c"``, ``"mu_s"`` or ``"sigma_s"``.
+            Default: ``"mu_c"``.
+        scaling_stat (str): :math:`K_s`, the same four. Default: ``"mu_c"``.
+
+    Shape:
+        - Input: :math:`(N, C)`, :math:`(N, C, L)`, :math:`(N, C, H, W)` or :math:`(N, C, D, H, W)`.
+        - Output: the same shape and dtype as the input.
+
+    Example::
+
+        >>> import torch
+        >>> from rbn_torch.functional import representative_batch_norm
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> mean, var = torch.zeros(3), torch.ones(3)
+        >>> y = representative_batch_norm(x, mean, var, torch.ones(3), torch.zeros(3), torch.zeros(3),
+        ...                               torch.zeros(3), torch.ones(3), training=True)
+        >>> y.shape
+        torch.Size([8, 3, 4, 4])
+        >>> bool((mean != 0).all())  # updated in place
+        True
     """
-    _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
-                     training, centering_stat, scaling_stat)
-    channels = input.shape[1]
+    params = Parameters(weight, bias, center_weight, scale_weight, scale_bias)
+    _check_arguments(input, running_mean, running_var, params, training, centering_stat, scaling_stat)
+    if not torch.jit.is_tracing() and input.numel() == 0:  # a trace records the non-empty path
+        return _empty_batch(input, params)
 
     # Half precision: statistics in float32, as nn.BatchNorm does; the result in the input's dtype.
     compute_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
-    x = input.reshape(input.shape[0], channels, -1).to(compute_dtype)
-    params = [None if p is None else p.reshape(channels, 1).to(compute_dtype)
-              for p in (weight, bias, center_weight, scale_weight, scale_bias)]
+    # flatten, not reshape(N, C, -1): -1 is ambiguous for an empty batch, and exporters keep N symbolic.
+    x = (input.flatten(2) if input.dim() > 2 else input.unsqueeze(-1)).to(compute_dtype)
+    params = Parameters(*(None if p is None else _per_channel(p, compute_dtype) for p in params))
     use_batch_stats = training or running_mean is None
-    running = None
-    if not use_batch_stats:
-        running = [r.reshape(channels, 1).to(compute_dtype) for r in (running_mean, running_var)]
-    stats = (centering_stat if center_weight is not None else "mu_c",
-             scaling_stat if scale_weight is not None else "mu_c")
+    running = None if use_batch_stats else (_per_channel(running_mean, compute_dtype),
+                                            _per_channel(running_var, compute_dtype))
+    # A calibration that is off has no statistic; "mu_c" keeps it on the channel path.
+    options = Options(eps, centering_stat if center_weight is not None else "mu_c",
+                      scaling_stat if scale_weight is not None else "mu_c")
 
-    if stats[0] in _CHANNEL_STATISTICS and stats[1] in _CHANNEL_STATISTICS:
+    # Eval without calibrations is BatchNorm's per-element map: the channel path would subtract
+    # per-instance means, through which a NaN/Inf element would spread over its instance.
+    batchnorm_only = not use_batch_stats and center_weight is None and scale_weight is None
+    if (options.centering_stat in _CHANNEL_STATISTICS and options.scaling_stat in _CHANNEL_STATISTICS
+            and not batchnorm_only):
+        tracing = _is_tracing()
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            # Tracers (dynamo, torch.export, jit.trace) record plain ops; inductor fuses them.
-            y, batch_mean, batch_var = _channel_path(x, params, running, eps, stats, _traced_moments)
-        elif needs_grad:
-            y, batch_mean, batch_var = _ChannelRBN.apply(x, running, eps, stats, *params)
+        if not needs_grad and not tracing:
+            y, batch_mean, batch_var = _channel_path(x, params, running, options, _fused_moments)
+        elif use_batch_stats and not tracing:
+            y, batch_mean, batch_var = _ChannelRBN.apply(x, running, options, *params)
         else:
-            y, batch_mean, batch_var = _channel_path(x, params, running, eps, stats, _fused_moments)
+            y, batch_mean, batch_var = _channel_path(x, params, running, options, _instance_moments)
     else:
-        y, batch_mean, batch_var = _literal_path(x, params, running, eps, stats)
+        y, batch_mean, batch_var = _literal_path(x, params, running, options)
 
     if training and running_mean is not None:
-        count = x.shape[0] * x.shape[2]
-        _update_running_stats(running_mean, running_var, batch_mean, batch_var, count, momentum)
+        _update_running_stats(running_mean, running_var, batch_mean, batch_var, x.shape[0] * x.shape[2], momentum)
     return y.reshape(input.shape).to(input.dtype)
 
 
-def _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
-                     training, centering_stat, scaling_stat):
-    """Raise the oracle's errors (same wording) for anything Eq. 12 cannot take."""
+def _check_arguments(input, running_mean, running_var, params, training, centering_stat, scaling_stat):
+    """Raise the oracle's errors (same wording) for anything Eq. 12 cannot take.
+
+    No dtype check (``rbn_reference.check_dtypes``): like ``F.batch_norm``, a half-precision
+    input takes float32 parameters and statistics (autocast gives exactly that).
+    """
     rbn_reference.check_statistic("centering_stat", centering_stat)
     rbn_reference.check_statistic("scaling_stat", scaling_stat)
+    # jit.trace (and the TorchScript ONNX exporter) sees sizes as tensors: checks on their values
+    # would warn (TracerWarning) and hold only for the example input. Rank and dtype are checked.
+    tracing = torch.jit.is_tracing()
     rbn_reference.check_input(input.shape, input.dtype, input.is_floating_point(),
-                              uses_batch_statistics=training or running_mean is None)
-    rbn_reference.check_pairs({"scale_weight": scale_weight is not None, "scale_bias": scale_bias is not None})
+                              uses_batch_statistics=(training or running_mean is None) and not tracing)
+    # weight without bias is BatchNorm's ``bias=False``: only these two pairs go together.
+    rbn_reference.check_pairs({"scale_weight": params.scale_weight is not None,
+                               "scale_bias": params.scale_bias is not None,
+                               "running_mean": running_mean is not None, "running_var": running_var is not None})
+    if tracing:
+        return
+    vectors = {"running_mean": running_mean, "running_var": running_var, **params._asdict()}
     rbn_reference.check_channel_vectors(input.shape[1], {
-        name: None if tensor is None else tuple(tensor.shape)
-        for name, tensor in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                             ("bias", bias), ("center_weight", center_weight), ("scale_weight", scale_weight),
-                             ("scale_bias", scale_bias))})
+        name: None if tensor is None else tuple(tensor.shape) for name, tensor in vectors.items()})
 
 
 def _update_running_stats(running_mean, running_var, batch_mean, batch_var, count, momentum):
-    """``(1 - momentum) * old + momentum * batch`` in place, with the unbiased batch variance."""
+    """``(1 - momentum) * old + momentum * batch`` in place, with the unbiased batch variance.
+
+    ``batch_mean``/``batch_var``: any shape with C elements; ``count``: values per channel.
+    """
     with torch.no_grad():
         running_mean.lerp_(batch_mean.reshape(-1).to(running_mean.dtype), momentum)
         unbiased = batch_var.reshape(-1) * (count / (count - 1))
@@ -99,63 +159,108 @@ def _instance_statistic(statistic, x, eps):
     return torch.sqrt(var + eps)
 
 
-def _literal_path(x, params, running, eps, stats):
-    """Eq. 12 step by step on x of shape (N, C, S); any statistics; returns y and batch stats."""
-    weight, bias, center_weight, scale_weight, scale_bias = params
-    if center_weight is not None:
-        x = x + center_weight * _instance_statistic(stats[0], x, eps)
+def _literal_path(x, params, running, options):
+    """Eq. 12 step by step on x of shape (N, C, S); any statistics.
+
+    ``params``: ``Parameters`` of (C, 1) tensors or None; ``running``: None (batch statistics)
+    or the (C, 1) running mean and variance. Returns y and the (1, C, 1) batch mean and biased
+    variance of ``X_cm``.
+    """
+    if params.center_weight is not None:
+        x = x + params.center_weight * _instance_statistic(options.centering_stat, x, options.eps)
     batch_var, batch_mean = torch.var_mean(x, (0, 2), correction=0, keepdim=True)
     mean, var = (batch_mean, batch_var) if running is None else running
-    y = (x - mean) * torch.rsqrt(var + eps)
-    if scale_weight is not None:
-        y = y * torch.sigmoid(scale_weight * _instance_statistic(stats[1], y, eps) + scale_bias)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
+    y = (x - mean) * torch.rsqrt(var + options.eps)
+    if params.scale_weight is not None:
+        statistic = _instance_statistic(options.scaling_stat, y, options.eps)
+        y = y * torch.sigmoid(params.scale_weight * statistic + params.scale_bias)
+    if params.weight is not None:
+        y = y * params.weight
+    if params.bias is not None:
+        y = y + params.bias
     return y, batch_mean.detach(), batch_var.detach()
 
 
-def _channel_coefficients(mean, var, params, running, eps, stats):
-    """``A``, ``B`` of ``Y = A * (X - mean) + B`` from per-(n, c) moments (N, C, 1); batch stats.
+def _channel_coefficients(mean, var, params, running, options):
+    """``A``, ``B`` of ``Y = A * (X - mean) + B`` per (n, c), and the batch statistics.
 
-    Centering calibration moves each instance's mean and keeps its variance, so the batch
-    moments of ``X_cm`` follow from the per-instance ones (law of total variance).
+    ``mean``, ``var``: the per-instance mean and biased variance of X, (N, C, 1); ``params``,
+    ``running`` as in ``_literal_path``; channel statistics only. Returns ``A`` ((N, C, 1), or
+    (1, C, 1) without scaling calibration), ``B`` (N, C, 1) and the (1, C, 1) batch mean and
+    biased variance of ``X_cm``. Centering calibration moves each instance's mean and keeps its
+    variance, so the batch moments of ``X_cm`` follow from the per-instance ones (law of total
+    variance).
     """
-    weight, bias, center_weight, scale_weight, scale_bias = params
     mean_cm = mean
-    if center_weight is not None:
-        center = mean if stats[0] == "mu_c" else torch.sqrt(var + eps)
-        mean_cm = mean + center_weight * center
+    if params.center_weight is not None:
+        center = mean if options.centering_stat == "mu_c" else torch.sqrt(var + options.eps)
+        mean_cm = mean + params.center_weight * center
     batch_mean = mean_cm.mean(0, keepdim=True)
     batch_var = var.mean(0, keepdim=True) + (mean_cm - batch_mean).square().mean(0, keepdim=True)
     centre, spread = (batch_mean, batch_var) if running is None else running
-    inv_std = torch.rsqrt(spread + eps)
+    inv_std = torch.rsqrt(spread + options.eps)
     shift = (mean_cm - centre) * inv_std  # the mean of X_s per instance
     scale = inv_std
-    if scale_weight is not None:
+    if params.scale_weight is not None:
         # K_s of X_s: its per-instance mean is ``shift``, its variance ``var * inv_std**2``.
-        statistic = shift if stats[1] == "mu_c" else torch.sqrt(var * inv_std.square() + eps)
-        gate = torch.sigmoid(scale_weight * statistic + scale_bias)
+        statistic = shift if options.scaling_stat == "mu_c" else torch.sqrt(var * inv_std.square() + options.eps)
+        gate = torch.sigmoid(params.scale_weight * statistic + params.scale_bias)
         scale = scale * gate
         shift = shift * gate
-    if weight is not None:
-        scale = scale * weight
-        shift = shift * weight
-    if bias is not None:
-        shift = shift + bias
+    if params.weight is not None:
+        scale = scale * params.weight
+        shift = shift * params.weight
+    if params.bias is not None:
+        shift = shift + params.bias
     return scale, shift, batch_mean, batch_var
 
 
-def _channel_path(x, params, running, eps, stats, moments):
-    """``Y = A * X + (B - A * mean)`` per (n, c): one moments pass and one elementwise pass."""
+def _channel_path(x, params, running, options, moments):
+    """``Y = A * X + (B - A * mean)`` per (n, c): one moments pass and one elementwise pass.
+
+    ``moments``: ``_instance_moments`` (differentiable, traceable) or ``_fused_moments``.
+    """
     mean, var = moments(x)
-    scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, eps, stats)
+    scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options)
     return torch.addcmul(shift - scale * mean, x, scale), batch_mean.detach(), batch_var.detach()
 
 
+def _instance_moments(x):
+    """Per-(n, c) mean and biased variance of x (N, C, S), plain ops, differentiable to any order."""
+    var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
+    return mean, var
+
+
+def _per_channel(vector, dtype):
+    """A (C,) vector as (C, 1), broadcasting over (N, C, S), in the compute ``dtype``."""
+    return vector.reshape(-1, 1).to(dtype)
+
+
+def _empty_batch(input, params):
+    """What ``F.batch_norm`` returns for an input without elements: an empty copy.
+
+    As ATen's, it is connected to the parameters (by their first element, a no-op on no
+    elements), so their gradients are zeros rather than None; the running statistics stay.
+    """
+    y = input.clone()
+    for param in params:
+        if param is not None:
+            y = y + param[0]
+    return y
+
+
+def _is_tracing():
+    """Whether a tracer records this call: it gets plain ops.
+
+    ``torch.compile``, ``torch.export`` and the dynamo ONNX exporter are compiling; ``jit.trace``
+    and the TorchScript ONNX exporter are tracing. (``torch.onnx.is_in_onnx_export`` would import
+    ``torch.onnx`` on the first call.)
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 class _ChannelRBN(torch.autograd.Function):
-    """The channel-statistics form with a hand-written backward over the big tensor.
+    """The channel-statistics form with a hand-written backward over the big tensor (training).
 
     Forward: BatchNorm's moments kernel and one ``addcmul``, as ATen's CPU BatchNorm does.
     Backward: one fused reduction pass (BatchNorm's backward kernel gives sum dY and
@@ -163,19 +268,22 @@ class _ChannelRBN(torch.autograd.Function):
     coefficient graph is differentiated by autograd (it is kept in ``ctx``). It saves the
     input and per-(n, c) vectors, as BatchNorm does. Double backward (``create_graph=True``)
     differentiates the plain-op form instead, recomputed from the saved input.
+
+    ``apply(x, running, options, *params)``: the five ``Parameters`` go positionally, so that
+    autograd sees them as inputs.
     """
 
     @staticmethod
-    def forward(ctx, x, running, eps, stats, *params):
+    def forward(ctx, x, running, options, *params):
         leaves = [moment.requires_grad_() for moment in _fused_moments(x)]
         leaves += [None if p is None else p.detach().requires_grad_(p.requires_grad) for p in params]
         with torch.enable_grad():
             scale, shift, batch_mean, batch_var = _channel_coefficients(
-                leaves[0], leaves[1], leaves[2:], running, eps, stats)
+                leaves[0], leaves[1], Parameters(*leaves[2:]), running, options)
             scale = scale.expand_as(shift)  # per channel only without scaling calibration
         ctx.save_for_backward(x, *params)
         ctx.graph = (scale, shift, leaves)
-        ctx.config = (running, eps, stats)
+        ctx.config = (running, options)
         scale_value, mean_value = scale.detach(), leaves[0].detach()
         y = torch.addcmul(shift.detach() - scale_value * mean_value, x, scale_value)
         batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
@@ -185,14 +293,14 @@ class _ChannelRBN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _batch_mean_grad, _batch_var_grad):
         x, *params = ctx.saved_tensors
-        running, eps, stats = ctx.config
-        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[4:]
+        running, options = ctx.config
+        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-op form
             wanted = [t for t, need in zip((x, *params), needs) if need]
-            y = _channel_path(x, params, running, eps, stats, _traced_moments)[0]
+            y = _channel_path(x, Parameters(*params), running, options, _instance_moments)[0]
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
-            return (grad_x, None, None, None, *grad_params)
+            return (grad_x, None, None, *grad_params)
         scale, shift, leaves = ctx.graph
         mean = leaves[0].detach()
         # BatchNorm's backward over (1, N*C, S) with unit invstd returns sum dY * (X - mean)
@@ -202,7 +310,7 @@ class _ChannelRBN(torch.autograd.Function):
             dy.reshape(1, rows, -1), x.reshape(1, rows, -1), None, None, None, mean.reshape(rows),
             torch.ones(rows, dtype=x.dtype, device=x.device), True, 0.0, [False, True, True])
         grad_scale, grad_shift = grad_scale.view_as(mean), grad_shift.view_as(mean)
-        # In eval mode without affine and scaling, the scale is a constant of the small graph.
+        # Without affine and scaling, the scale is a constant of the small graph.
         outputs, grad_outputs = zip(*[(out, grad) for out, grad in ((scale, grad_scale), (shift, grad_shift))
                                       if out.requires_grad])
         wanted = [leaf for leaf in leaves if leaf is not None and leaf.requires_grad]
@@ -211,7 +319,7 @@ class _ChannelRBN(torch.autograd.Function):
         found = {id(leaf): grad for leaf, grad in zip(wanted, found)}
         grad_params = [None if leaf is None else found.get(id(leaf)) for leaf in leaves[2:]]
         if not needs[0]:
-            return (None, None, None, None, *grad_params)
+            return (None, None, None, *grad_params)
         grad_mean, grad_var = (torch.zeros_like(leaf) if found[id(leaf)] is None else found[id(leaf)]
                                for leaf in leaves[:2])
         # dX = A dY + P (X - mean) + Q with P = 2 dvar / S, Q = (dmean - A sum dY) / S
@@ -220,20 +328,15 @@ class _ChannelRBN(torch.autograd.Function):
         scale = scale.detach()
         slope = 2 * grad_var / count
         grad_x = torch.addcmul((grad_mean - scale * grad_shift) / count - slope * mean, x, slope)
-        return (grad_x.addcmul_(scale, dy), None, None, None, *grad_params)
-
-
-def _traced_moments(x):
-    """Per-(n, c) mean and biased variance of x (N, C, S), differentiable to any order."""
-    var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
-    return mean, var
+        return (grad_x.addcmul_(scale, dy), None, None, *grad_params)
 
 
 def _fused_moments(x):
     """Per-(n, c) mean and biased variance of x (N, C, S) by ATen's BatchNorm kernel, no autograd.
 
     Over the (1, N*C, S) view the BatchNorm statistics kernel is a vectorised two-pass; the
-    eager ``var_mean`` kernel measured several times slower here.
+    eager ``var_mean`` kernel measured several times slower here. Eager only: exporters do not
+    know ``batch_norm_update_stats``.
     """
     mean, var = torch.batch_norm_update_stats(x.reshape(1, -1, x.shape[-1]), None, None, 0.0)
     return mean.view(*x.shape[:2], 1), var.view(*x.shape[:2], 1)

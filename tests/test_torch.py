@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -68,8 +69,7 @@ def test_forward_without_autograd_matches_oracle(case, mode):
     with torch.no_grad():
         y = representative_batch_norm(
             torch.from_numpy(x), tensors.get("running_mean"), tensors.get("running_var"),
-            *(tensors.get(name) for name in ("weight", "bias", "center_weight", "scale_weight", "scale_bias")),
-            training=training, momentum=case.momentum or 0.5, eps=case.eps, centering_stat=case.centering_stat,
+            **{name: tensors.get(name) for name in rbn_reference.PARAM_NAMES}, training=training, momentum=case.momentum or 0.5, eps=case.eps, centering_stat=case.centering_stat,
             scaling_stat=case.scaling_stat)
     assert_close(y, torch.from_numpy(want))
     if state is not None:
@@ -210,7 +210,7 @@ def test_fast_path_saves_only_the_input_and_per_instance_vectors():
 def test_no_grad_inference_mode_deepcopy_and_pickle():
     layer = random_layer(RepresentativeBatchNorm2d(3)).eval()
     x = torch.randn(2, 3, 4, 4)
-    want = layer(x)  # the autograd.Function path; without autograd the plain-op path
+    want = layer(x)  # the differentiable plain-op path; without autograd the ATen moments kernel
     with torch.no_grad():
         assert_close(layer(x), want, "float32")
     with torch.inference_mode():
@@ -236,7 +236,7 @@ def test_torch_compile_matches_eager(tmp_path, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "error::torch.jit.TracerWarning")
 def test_torch_export_and_jit_trace():
     """Tracers record the plain-op form; torch.jit.script is not supported (docs/torch.md)."""
     layer = random_layer(RepresentativeBatchNorm2d(3))
@@ -258,16 +258,36 @@ def test_sync_batchnorm_conversion_leaves_rbn_alone():
 
 
 @pytest.mark.parametrize("layer_class, shape, message", [
-    (RepresentativeBatchNorm1d, (2, 3, 4, 4), "expected 2D or 3D input (got 4D input)"),
-    (RepresentativeBatchNorm2d, (2, 3, 4), "expected 4D input (got 3D input)"),
-    (RepresentativeBatchNorm3d, (2, 3, 4, 4), "expected 5D input (got 4D input)"),
-    (RepresentativeBatchNorm2d, (2, 5, 4, 4), "expected 3 channels (got 5)"),
-    (RepresentativeBatchNorm1d, (1, 3), "Expected more than 1 value per channel when training, got input size (1, 3)"),
+    (RepresentativeBatchNorm1d, (2, 3, 4, 4),
+     "expected 2D or 3D input (got 4D input): use RepresentativeBatchNorm2d for (N, C, H, W) input"),
+    (RepresentativeBatchNorm2d, (2, 3, 4), "expected 4D input (got 3D input): use RepresentativeBatchNorm1d for "
+                                           "(N, C, L) input"),
+    (RepresentativeBatchNorm3d, (2, 3, 4, 4), "expected 5D input (got 4D input): use RepresentativeBatchNorm2d for "
+                                              "(N, C, H, W) input"),
+    (RepresentativeBatchNorm2d, (2, 3, 4, 4, 4, 4), "expected 4D input (got 6D input): RBN takes (N, C, *) input "
+                                                    "with 0 to 3 spatial dims"),
+    (RepresentativeBatchNorm2d, (2, 5, 4, 4), "expected 3 channels (got 5): the layer was built with "
+                                              "num_features=3; match it to the previous layer's output channels"),
 ])
 def test_bad_input_shape(layer_class, shape, message):
+    """nn.BatchNorm's wording (and ValueError, as its Python-side checks), then what to do."""
     with pytest.raises(ValueError) as error:
         layer_class(3)(torch.randn(shape))
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("layer_class, shape", [(RepresentativeBatchNorm1d, (1, 3)),
+                                                (RepresentativeBatchNorm2d, (1, 3, 1, 1)),
+                                                (RepresentativeBatchNorm3d, (1, 3, 1, 1, 1))])
+def test_single_value_per_channel_in_training_is_refused_like_batchnorm(layer_class, shape):
+    """nn.BatchNorm's exception type and wording (torch prints the size as torch.Size)."""
+    bn_class = {RepresentativeBatchNorm1d: nn.BatchNorm1d, RepresentativeBatchNorm2d: nn.BatchNorm2d,
+                RepresentativeBatchNorm3d: nn.BatchNorm3d}[layer_class]
+    with pytest.raises(ValueError, match=r"^Expected more than 1 value per channel when training, got input size"):
+        bn_class(3)(torch.randn(shape))
+    with pytest.raises(ValueError, match=r"^Expected more than 1 value per channel when training, got input size "
+                                         + re.escape(str(shape))):
+        layer_class(3)(torch.randn(shape))
 
 
 def test_single_value_per_channel_is_fine_in_eval():
@@ -275,9 +295,11 @@ def test_single_value_per_channel_is_fine_in_eval():
     assert layer(torch.ones(1, 3)).shape == (1, 3)
 
 
-def test_integer_input():
-    with pytest.raises(TypeError, match=r"^expected a floating-point input \(got torch.int64\)$"):
-        RepresentativeBatchNorm2d(3)(torch.ones(2, 3, 2, 2, dtype=torch.int64))
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_integer_input(dtype):
+    """A TypeError (nn.BatchNorm's kernel raises NotImplementedError "not implemented for 'Long'")."""
+    with pytest.raises(TypeError, match=rf"^expected a floating-point input \(got {dtype}\)"):
+        RepresentativeBatchNorm2d(3)(torch.ones(2, 3, 2, 2, dtype=dtype))
 
 
 @pytest.mark.parametrize("argname", ["centering_stat", "scaling_stat"])

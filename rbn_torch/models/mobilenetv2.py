@@ -6,6 +6,7 @@ Module structure and parameter names are torchvision's (``features.<i>...``,
 from torch import nn
 
 from ..modules import RepresentativeBatchNorm2d
+from .resnet import FORWARD_EXAMPLE, builder_doc, documented
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
 
@@ -15,7 +16,15 @@ INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64
 
 
 class ConvNormActivation(nn.Sequential):
-    """torchvision's Conv2dNormActivation with ReLU6: children 0 (conv), 1 (norm), 2 (act)."""
+    """torchvision's Conv2dNormActivation with ReLU6: children 0 (conv), 1 (norm), 2 (act).
+
+    Example::
+
+        >>> from rbn_torch.models.mobilenetv2 import ConvNormActivation
+        >>> from rbn_torch import RepresentativeBatchNorm2d
+        >>> [type(m).__name__ for m in ConvNormActivation(3, 8, 3, 2, 1, RepresentativeBatchNorm2d)]
+        ['Conv2d', 'RepresentativeBatchNorm2d', 'ReLU6']
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, groups, norm_layer):
         super().__init__(
@@ -27,6 +36,19 @@ class ConvNormActivation(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
+    """torchvision's inverted residual: 1x1 expansion, 3x3 depthwise, 1x1 projection, each
+    followed by a ``norm_layer``; a skip connection when the shape allows.
+
+    Example::
+
+        >>> import torch
+        >>> from rbn_torch import RepresentativeBatchNorm2d
+        >>> from rbn_torch.models.mobilenetv2 import InvertedResidual
+        >>> block = InvertedResidual(16, 16, 1, 6, RepresentativeBatchNorm2d)
+        >>> block.use_res_connect, block(torch.randn(2, 16, 8, 8)).shape
+        (True, torch.Size([2, 16, 8, 8]))
+    """
+
     def __init__(self, inp, oup, stride, expand_ratio, norm_layer):
         super().__init__()
         hidden_dim = int(round(inp * expand_ratio))
@@ -46,6 +68,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+    __doc__ = builder_doc("mobilenet_v2", "MobileNetV2 (Sandler et al. 2018)", extra="""
+        dropout (float): before the classifier. Default: 0.2.""", example=FORWARD_EXAMPLE).replace(
+        ">>> from rbn_torch.models import mobilenet_v2", ">>> from rbn_torch.models import MobileNetV2, mobilenet_v2")
+
     def __init__(self, num_classes=1000, norm_layer=None, dropout=0.2):
         super().__init__()
         norm_layer = norm_layer or RepresentativeBatchNorm2d
@@ -71,5 +97,6 @@ class MobileNetV2(nn.Module):
         return self.classifier(x.mean((2, 3)))
 
 
+@documented("MobileNetV2")
 def mobilenet_v2(num_classes=1000, norm_layer=None, dropout=0.2):
     return MobileNetV2(num_classes, norm_layer, dropout)

@@ -9,12 +9,25 @@ import math
 import torch
 from torch import nn
 
-from .resnet import ResNet
+from .resnet import ResNet, documented
 
 __all__ = ["Bottle2neck", "res2net50_26w_4s"]
 
 
 class Bottle2neck(nn.Module):
+    """Res2Net's bottleneck: ``conv1``'s output in ``scale`` groups, each after the first
+    convolved (``convs.<i>``, ``bns.<i>``) with the previous group's result added.
+
+    Example::
+
+        >>> import torch
+        >>> from rbn_torch import RepresentativeBatchNorm2d
+        >>> from rbn_torch.models.res2net import Bottle2neck
+        >>> block = Bottle2neck(64, 16, 1, None, 1, 26, RepresentativeBatchNorm2d)
+        >>> block(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+    """
+
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer, scale=4):
@@ -47,5 +60,7 @@ class Bottle2neck(nn.Module):
         return self.relu(out + identity)
 
 
+@documented("Res2Net-50 26w x 4s (Gao et al. 2019)",
+            origin="the authors' ``res2net.py`` and timm's ``res2net50_26w_4s``")
 def res2net50_26w_4s(num_classes=1000, norm_layer=None):
     return ResNet(Bottle2neck, [3, 4, 6, 3], num_classes, width_per_group=26, norm_layer=norm_layer)

@@ -11,16 +11,89 @@ from ..modules import RepresentativeBatchNorm2d
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50",
            "resnet101", "resnet152", "resnext50_32x4d"]
 
+# One docstring for every builder of the zoo (ResNet here, MobileNetV2 and Res2Net beside).
+BUILDER_DOC = r"""{title} with every norm layer a ``norm_layer`` (default: RepresentativeBatchNorm2d).
+
+    The structure and parameter names of {origin}; no weights are downloaded.
+    Each RBN layer computes Eq. 12 of the paper per (n, c) instance:
+    :math:`X_{{cm}} = X + w_m K_m`; :math:`X_m = X_{{cm}} - E[X_{{cm}}]`;
+    :math:`X_s = X_m / \sqrt{{Var[X_{{cm}}] + \epsilon}}`;
+    :math:`X_{{cs}} = X_s \, \sigma(w_v K_s + w_b)`; :math:`Y = X_{{cs}} \gamma + \beta`.
+
+    Args:
+        num_classes (int): outputs of the classifier. Default: 1000.
+        norm_layer (callable): builds a norm layer from a channel count; ``torch.nn.BatchNorm2d``
+            gives the baseline. Default: None (RepresentativeBatchNorm2d).{extra}
+
+    Shape:
+        - Input: :math:`(N, 3, H, W)`, H and W at least 32.
+        - Output: :math:`(N, \text{{num_classes}})`, the logits.
+
+    Example::
+
+        >>> from rbn_torch.models import {name}
+        >>> model = {name}(num_classes=10){example}
+    """
+
+
+# The classes' Examples also run the network (the builders' only build it, which is what costs).
+FORWARD_EXAMPLE = """.eval()
+        >>> import torch
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])"""
+
+
+def builder_doc(name, title, origin=None, extra="", example=""):
+    """``BUILDER_DOC`` for the builder ``name`` (``origin``: whose structure; torchvision's)."""
+    return BUILDER_DOC.format(name=name, title=title, origin=origin or f"torchvision's ``{name}``", extra=extra,
+                              example=example)
+
+
+def documented(title, origin=None):
+    """Decorator: give a zoo builder ``BUILDER_DOC`` under its own name."""
+    def decorate(builder):
+        builder.__doc__ = builder_doc(builder.__name__, title, origin)
+        return builder
+    return decorate
+
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1):
+    """torchvision's padded 3x3 convolution without bias.
+
+    Example::
+
+        >>> from rbn_torch.models.resnet import conv3x3
+        >>> conv3x3(3, 8, stride=2)
+        Conv2d(3, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False)
+    """
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_planes, out_planes, stride=1):
+    """torchvision's 1x1 convolution without bias.
+
+    Example::
+
+        >>> from rbn_torch.models.resnet import conv1x1
+        >>> conv1x1(8, 16)
+        Conv2d(8, 16, kernel_size=(1, 1), stride=(1, 1), bias=False)
+    """
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
 class BasicBlock(nn.Module):
+    """torchvision's two-convolution residual block (ResNet-18/34), each convolution followed
+    by a ``norm_layer``.
+
+    Example::
+
+        >>> import torch
+        >>> from rbn_torch import RepresentativeBatchNorm2d
+        >>> from rbn_torch.models.resnet import BasicBlock
+        >>> BasicBlock(8, 8, 1, None, 1, 64, RepresentativeBatchNorm2d)(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 8, 4, 4])
+    """
+
     expansion = 1
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer):
@@ -42,6 +115,18 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """torchvision's 1x1-3x3-1x1 residual block (ResNet-50 and deeper, ResNeXt), each
+    convolution followed by a ``norm_layer``; ``expansion`` times ``planes`` channels out.
+
+    Example::
+
+        >>> import torch
+        >>> from rbn_torch import RepresentativeBatchNorm2d
+        >>> from rbn_torch.models.resnet import Bottleneck
+        >>> Bottleneck(32, 8, 1, None, 1, 64, RepresentativeBatchNorm2d)(torch.randn(2, 32, 4, 4)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer):
@@ -65,6 +150,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    __doc__ = builder_doc("resnet18", "ResNet (He et al. 2016) and ResNeXt", extra="""
+        block (type): ``BasicBlock``, ``Bottleneck`` or ``Bottle2neck``.
+        layers (list of int): blocks per stage.
+        groups, width_per_group (int): ResNeXt's cardinality and width. Default: 1, 64.""",
+        example=FORWARD_EXAMPLE).replace(
+        ">>> from rbn_torch.models import resnet18", ">>> from rbn_torch.models import ResNet, resnet18")
+
     def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64, norm_layer=None):
         super().__init__()
         self._norm_layer = norm_layer or RepresentativeBatchNorm2d
@@ -104,26 +196,33 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
+@documented("ResNet-18")
 def resnet18(num_classes=1000, norm_layer=None):
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-34")
 def resnet34(num_classes=1000, norm_layer=None):
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-50")
 def resnet50(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-101")
 def resnet101(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-152")
 def resnet152(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNeXt-50 32x4d")
 def resnext50_32x4d(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, groups=32, width_per_group=4,
                   norm_layer=norm_layer)
+
