@@ -51,7 +51,7 @@ def convert_bn_to_rbn(module, *, predicate=None, preserve_output=True, **rbn_kwa
         >>> import jittor as jt
         >>> import rbn_jittor
         >>> net = jt.nn.Sequential(jt.nn.Conv2d(3, 4, 3), jt.nn.BatchNorm2d(4), jt.nn.ReLU())
-        >>> net.eval()
+        >>> net = net.eval()
         >>> x = jt.randn(3, 3, 7, 6)
         >>> want = net(x)
         >>> net = rbn_jittor.convert_bn_to_rbn(net)

@@ -96,7 +96,10 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     path_options = Options(eps, centering_stat if center_weight is not None else "mu_c",
                            scaling_stat if scale_weight is not None else "mu_c")
     channel = {path_options.centering_stat, path_options.scaling_stat} <= set(_CHANNEL_STATISTICS)
-    path = _channel_path if channel else _literal_path
+    # Without calibrations eval is elementwise; the literal path then reads no instance moment,
+    # so a NaN or Inf stays in its element, as with jittor.nn.BatchNorm.
+    elementwise = running is not None and center_weight is None and scale_weight is None
+    path = _channel_path if channel and not elementwise else _literal_path
     y, mean, var = path(input, params, running, path_options, world_size > 1)
     if training and running_mean is not None:
         count = input.numel() // input.shape[1] * world_size
