@@ -18,6 +18,7 @@ import numpy as np
 import rbn_jittor  # sets Jittor's offline defaults before importing it
 import jittor as jt
 from rbn_jittor import functional as F
+from rbn_reference import Options, Parameters
 
 SHAPES = ((32, 64, 56, 56), (64, 256, 14, 14), (8, 32, 112, 112))
 
@@ -39,8 +40,8 @@ class AuthorsRBN(jt.nn.BatchNorm):
 
 class LiteralRBN(rbn_jittor.RepresentativeBatchNorm2d):
     def execute(self, x):
-        return F._literal_path(x, None, self.weight, self.bias, self.center_weight, self.scale_weight,
-                               self.scale_bias, self.eps, "mu_c", "mu_c", False)[0]
+        params = Parameters(self.weight, self.bias, self.center_weight, self.scale_weight, self.scale_bias)
+        return F._literal_path(x, params, None, Options(self.eps), False)[0]
 
 
 def step_time(layer, x, dy):

@@ -5,13 +5,14 @@ from rbn.frameworks import lazy_submodules, set_jittor_environment
 set_jittor_environment()  # read by Jittor at import: offline, no GPU
 
 from . import functional  # noqa: E402
-from .convert import convert_bn_to_rbn, load_numpy_state_dict, state_dict_to_numpy  # noqa: E402
+from .convert import convert_bn_to_rbn  # noqa: E402
 from .modules import (  # noqa: E402
     RepresentativeBatchNorm,
     RepresentativeBatchNorm1d,
     RepresentativeBatchNorm2d,
     RepresentativeBatchNorm3d,
 )
+from .state_dict import load_numpy_state_dict, state_dict_to_numpy  # noqa: E402
 
 __all__ = [
     "RepresentativeBatchNorm",

@@ -1,8 +1,6 @@
-"""BatchNorm -> RBN conversion and strict loading of canonical-name NumPy state dicts."""
+"""BatchNorm -> RBN conversion of Jittor models."""
 
 import jittor as jt
-import numpy as np
-from rbn_reference import PARAM_NAMES, check_state_dict, fit_shape
 
 from .modules import RepresentativeBatchNorm
 
@@ -25,7 +23,42 @@ def convert_bn_to_rbn(module, *, predicate=None, preserve_output=True, **rbn_kwa
     computed: the calibrations start as no-ops (w_m = w_v = 0) and ``1 / sigmoid(w_b)``
     is folded into ``weight``. With ``False`` the new layers keep the BatchNorm's weight,
     so the scaling calibration multiplies every output by ``sigmoid(1) ~ 0.73`` at first,
-    as when training an RBN model from the paper's initialization.
+    as when training an RBN model from the paper's initialization. Frozen BatchNorm weights
+    (``stop_grad()``, e.g. for fine-tuning) convert the same way and stay frozen.
+
+    Each new layer computes Eq. 12 (see :class:`RepresentativeBatchNorm`)::
+
+        X_cm = X + w_m * K_m(X);  X_m = X_cm - E[X_cm];  X_s = X_m / sqrt(Var[X_cm] + eps)
+        X_cs = X_s * sigmoid(w_v * K_s(X_s) + w_b);  Y = X_cs * gamma + beta
+
+    Args:
+        module (jittor.nn.Module): a network, or a single ``jittor.nn.BatchNorm``.
+        predicate (callable, optional): ``predicate(qualified_name, layer) -> bool`` picks the
+            layers to convert. Keyword-only. Default: None (all).
+        preserve_output (bool): start the new layers where they compute the BatchNorm's
+            output. Keyword-only. Default: True.
+        **rbn_kwargs: keyword arguments of :class:`RepresentativeBatchNorm` for the new layers.
+
+    Returns:
+        jittor.nn.Module: ``module`` with its BatchNorms replaced (a new layer if ``module``
+        itself is a BatchNorm).
+
+    Shape:
+        - Input and output: those of ``module``, unchanged.
+
+    Example::
+
+        >>> import jittor as jt
+        >>> import rbn_jittor
+        >>> net = jt.nn.Sequential(jt.nn.Conv2d(3, 4, 3), jt.nn.BatchNorm2d(4), jt.nn.ReLU())
+        >>> net = net.eval()
+        >>> x = jt.randn(3, 3, 7, 6)
+        >>> want = net(x)
+        >>> net = rbn_jittor.convert_bn_to_rbn(net)
+        >>> type(net[1]).__name__
+        'RepresentativeBatchNorm'
+        >>> bool(((net(x) - want).abs().max() < 1e-5).item())
+        True
     """
     return _convert(module, "", predicate, preserve_output, rbn_kwargs)
 
@@ -58,72 +91,10 @@ def _rbn_from_bn(bn, preserve_output, rbn_kwargs):
         weight = bn.weight / jt.sigmoid(rbn.scale_bias) if scaled else bn.weight
         rbn.weight.update(weight.cast(rbn.weight.dtype))
         rbn.bias.update(bn.bias.cast(rbn.bias.dtype))
+        for name in ("weight", "bias"):  # a frozen BatchNorm (fine-tuning) stays frozen
+            if getattr(bn, name).is_stop_grad():
+                getattr(rbn, name).stop_grad()
     if rbn.track_running_stats:
         rbn.running_mean.update(bn.running_mean.cast(rbn.running_mean.dtype))
         rbn.running_var.update(bn.running_var.cast(rbn.running_var.dtype))
     return rbn
-
-
-def state_dict_to_numpy(module):
-    """``module``'s state dict as NumPy arrays with PyTorch's (canonical) names and shapes."""
-    arrays = {}
-    for name, var in module.state_dict().items():
-        array = var.numpy()
-        # Jittor has no 0-d Vars: the batch count is stored with shape (1,)
-        arrays[name] = array.reshape(()) if name.rpartition(".")[2] == "num_batches_tracked" else array
-    return arrays
-
-
-def load_numpy_state_dict(module, arrays, *, strict=True):
-    """Load ``arrays`` (name -> NumPy array, Jittor Var or CPU PyTorch tensor) into ``module``.
-
-    Unlike ``jittor.nn.Module.load_state_dict``, nothing is skipped silently: missing and
-    unexpected names (with ``strict``) and mis-shaped values (always) raise ONE
-    ``rbn_reference.StateDictError`` (a ``KeyError`` and a ``ValueError``) listing them all, and
-    nothing is loaded then. Values are cast to the dtype of the Var they replace. RBN
-    parameters also load from the authors' ``(1, C, 1, 1)`` shape; a missing
-    ``num_batches_tracked`` keeps its count (checkpoints of Jittor's own BatchNorm have none)
-    and one addressed to a ``jittor.nn.BatchNorm`` is ignored (it keeps no count). Returns
-    ``(missing_keys, unexpected_keys)``.
-    """
-    targets = module.state_dict()
-    owners = dict(module.named_modules())
-    missing = [name for name in targets if name not in arrays
-               and name.rpartition(".")[2] != "num_batches_tracked"]
-    unexpected = [name for name in arrays if name not in targets
-                  and not _is_batch_norm_count(name, owners)]
-    mis_shaped = {}
-    values = {}
-    for name, value in arrays.items():
-        if name not in targets:
-            continue
-        target = targets[name]
-        array = value.numpy() if isinstance(value, jt.Var) else np.asarray(value)
-        fitted = _to_target_shape(name, array, tuple(target.shape), owners)
-        if fitted is None:
-            mis_shaped[name] = (tuple(target.shape), array.shape)
-            continue
-        values[name] = fitted.astype(str(target.dtype))
-    check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
-    with jt.flag_scope(auto_convert_64_to_32=0):  # else float64 arrays arrive as float32
-        for name, array in values.items():
-            targets[name].update(jt.array(array))
-    return missing, unexpected
-
-
-def _owner(name, owners):
-    return owners.get(name.rpartition(".")[0])
-
-
-def _is_batch_norm_count(name, owners):
-    return (name.rpartition(".")[2] == "num_batches_tracked"
-            and isinstance(_owner(name, owners), jt.nn.BatchNorm))
-
-
-def _to_target_shape(name, array, shape, owners):
-    """``array`` reshaped to ``shape`` if it is an accepted form of it, else None."""
-    leaf = name.rpartition(".")[2]
-    if leaf == "num_batches_tracked" and array.size == 1:
-        return array.reshape(shape)
-    return fit_shape(array, shape, rbn_vector=leaf in PARAM_NAMES
-                     and isinstance(_owner(name, owners), RepresentativeBatchNorm))

@@ -4,8 +4,8 @@ Two paths compute the same thing:
 
 - the channel-statistics path (``mu_c``/``sigma_c`` for both calibrations, or the
   calibrations off) writes every step of Eq. 12 as a per-(n, c) affine map
-  ``Y = A[n, c] * X + B[n, c]`` (shared/notes/performance.md): one moments pass and one fused
-  elementwise pass, BatchNorm's own cost.
+  ``Y = A[n, c] * (X - mean[n, c]) + B[n, c]`` (docs/jittor.md, "Speed"): one moments
+  pass and one fused elementwise pass, BatchNorm's own cost.
 - the literal path follows Eq. 12 step by step with Jittor's autodiff; it serves the
   spatial statistics ``mu_s``/``sigma_s`` of Table 3.
 
@@ -20,41 +20,89 @@ import math
 
 import jittor as jt
 import numpy as np
-from rbn_reference import check_channel_vectors, check_input, check_statistic
+from rbn_reference import Options, Parameters, check_channel_vectors, check_dtypes, check_input, check_pairs, check_statistic
 
 _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
 
 
-def representative_batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
-                              center_weight=None, scale_weight=None, scale_bias=None,
-                              training=False, momentum=0.1, eps=1e-5, centering_stat="mu_c",
-                              scaling_stat="mu_c", sync=False):
-    """Representative BatchNorm of ``x`` (N, C, *spatial), like ``jittor.nn.batch_norm``.
+def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None, center_weight=None,
+                              scale_weight=None, scale_bias=None, *, training=False, momentum=0.1, eps=1e-5,
+                              centering_stat="mu_c", scaling_stat="mu_c", sync=False):
+    r"""Representative Batch Normalization (Gao et al., CVPR 2021, Eq. 12) of ``input``.
 
-    A ``None`` parameter switches its part off: no ``weight``/``bias`` => no affine, no
-    ``center_weight`` => no centering calibration, no ``scale_weight``/``scale_bias`` =>
-    no scaling calibration. Batch statistics are used when ``training`` or when there are
-    no running statistics; in training the running statistics are updated in place as
-    ``(1 - momentum) * old + momentum * batch`` with the UNBIASED batch variance (PyTorch's
-    convention; ``jittor.nn.BatchNorm`` feeds the biased one). ``momentum`` may be a Var.
-    ``sync`` averages the batch moments over MPI processes (``jt.in_mpi``), which must all
-    hold the same batch size. ``x`` is never modified.
+    Like ``jittor.nn.batch_norm``, with two calibrations around the normalization; per
+    (n, c) instance, with ``K_m``, ``K_s`` the statistics ``centering_stat``,
+    ``scaling_stat`` (Table 3)::
+
+        X_cm = X + w_m * K_m(X)
+        X_m  = X_cm - E[X_cm]
+        X_s  = X_m / sqrt(Var[X_cm] + eps)
+        X_cs = X_s * sigmoid(w_v * K_s(X_s) + w_b)
+        Y    = X_cs * gamma + beta
+
+    ``E``, ``Var`` are the batch mean and biased variance per channel in training (or when
+    there are no running statistics), the running statistics otherwise. A training call
+    updates ``running_mean``/``running_var`` in place to ``(1 - momentum) * old + momentum *
+    batch`` with the UNBIASED batch variance of ``X_cm`` (PyTorch's convention;
+    ``jittor.nn.BatchNorm`` feeds the biased one). A ``None`` parameter switches its part
+    off. One value per channel is allowed in training, as ``jittor.nn.BatchNorm`` allows it
+    (the output is then ``beta``, and ``running_var`` receives 0). An input without elements
+    gives an empty output and leaves the running statistics alone. The input is never
+    modified.
+
+    Args:
+        input (Var): (N, C, *) floating-point input, 0 to 3 spatial dims.
+        running_mean (Var or None): (C,) running mean, or None to always use batch statistics.
+        running_var (Var or None): (C,) running variance; given with ``running_mean``.
+        weight (Var, optional): gamma, (C,). Default: None (no affine).
+        bias (Var, optional): beta, (C,); given with ``weight``. Default: None.
+        center_weight (Var, optional): w_m, (C,). Default: None (no centering calibration).
+        scale_weight (Var, optional): w_v, (C,). Default: None (no scaling calibration).
+        scale_bias (Var, optional): w_b, (C,); given with ``scale_weight``. Default: None.
+        training (bool): use and update batch statistics. Default: False.
+        momentum (float or Var): factor of the new batch value in the running update. Default: 0.1.
+        eps (float): added to the variances. Default: 1e-5.
+        centering_stat (str): K_m: ``"mu_c"``, ``"sigma_c"``, ``"mu_s"`` or ``"sigma_s"``. Default: ``"mu_c"``.
+        scaling_stat (str): K_s, the same four. Default: ``"mu_c"``.
+        sync (bool): under ``mpirun`` (``jt.in_mpi``), average the batch moments over the
+            processes, which must all hold the same batch size. Default: False.
+
+    Shape:
+        - Input: (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
+        - Output: the same shape and dtype as the input.
+
+    Example::
+
+        >>> import jittor as jt
+        >>> from rbn_jittor.functional import representative_batch_norm
+        >>> x = jt.randn(3, 4, 5, 4)
+        >>> mean, var = jt.zeros(4).stop_grad(), jt.ones(4).stop_grad()
+        >>> y = representative_batch_norm(x, mean, var, jt.ones(4), jt.zeros(4), jt.zeros(4),
+        ...                               jt.zeros(4), jt.ones(4), training=True)
+        >>> tuple(y.shape)
+        (3, 4, 5, 4)
+        >>> bool((mean != 0).all())  # updated in place
+        True
     """
-    _check_arguments(x, running_mean, running_var, weight, bias, center_weight, scale_weight,
-                     scale_bias, centering_stat, scaling_stat)
+    params = Parameters(weight, bias, center_weight, scale_weight, scale_bias)
+    options = Options(eps, centering_stat, scaling_stat)
+    _check_arguments(input, running_mean, running_var, params, options)
+    if input.numel() == 0:
+        return _empty_batch(input, params)
     batch_statistics = training or running_mean is None
     world_size = jt.world_size if sync and jt.in_mpi else 1
-    count = x.numel() // x.shape[1] * world_size
-    if batch_statistics and count == 1:
-        raise ValueError("Expected more than 1 value per channel when training, "
-                         f"got input size {tuple(x.shape)}")
     running = None if batch_statistics else (running_mean, running_var)
-    calibrations = {centering_stat if center_weight is not None else "mu_c",
-                    scaling_stat if scale_weight is not None else "mu_c"}
-    path = _channel_path if calibrations <= set(_CHANNEL_STATISTICS) else _literal_path
-    y, mean, var = path(x, running, weight, bias, center_weight, scale_weight, scale_bias,
-                        eps, centering_stat, scaling_stat, world_size > 1)
+    # A calibration that is off has no statistic; "mu_c" keeps it on the channel path.
+    path_options = Options(eps, centering_stat if center_weight is not None else "mu_c",
+                           scaling_stat if scale_weight is not None else "mu_c")
+    channel = {path_options.centering_stat, path_options.scaling_stat} <= set(_CHANNEL_STATISTICS)
+    # Without calibrations eval is elementwise; the literal path then reads no instance moment,
+    # so a NaN or Inf stays in its element, as with jittor.nn.BatchNorm.
+    elementwise = running is not None and center_weight is None and scale_weight is None
+    path = _channel_path if channel and not elementwise else _literal_path
+    y, mean, var = path(input, params, running, path_options, world_size > 1)
     if training and running_mean is not None:
+        count = input.numel() // input.shape[1] * world_size
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
 
@@ -62,40 +110,32 @@ def representative_batch_norm(x, running_mean=None, running_var=None, weight=Non
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_arguments(x, running_mean, running_var, weight, bias, center_weight, scale_weight,
-                     scale_bias, centering_stat, scaling_stat):
-    # The one-value-per-channel check is the caller's: under MPI it counts every process's batch.
-    vectors = dict(running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
-                   center_weight=center_weight, scale_weight=scale_weight, scale_bias=scale_bias)
-    check_input(x.shape, x.dtype, x.dtype.is_float(), uses_batch_statistics=False)
-    check_statistic("centering_stat", centering_stat)
-    check_statistic("scaling_stat", scaling_stat)
-    check_channel_vectors(x.shape[1], {name: None if value is None else tuple(value.shape)
-                                       for name, value in vectors.items()})
-    for name, value in vectors.items():
-        if value is not None and value.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {value.dtype}, expected the input's {x.dtype}")
-    for first, second in (("weight", "bias"), ("scale_weight", "scale_bias"),
-                          ("running_mean", "running_var")):
-        if (vectors[first] is None) != (vectors[second] is None):
-            raise ValueError(f"{first} and {second} must be given together or not at all")
+def _check_arguments(input, running_mean, running_var, params, options):
+    """Raise the oracle's errors (same wording) for anything Eq. 12 cannot take.
+
+    No one-value-per-channel check: ``jittor.nn.BatchNorm`` normalizes a batch of one too.
+    """
+    vectors = dict(running_mean=running_mean, running_var=running_var, **params._asdict())
+    check_input(input.shape, input.dtype, input.dtype.is_float(), uses_batch_statistics=False)
+    check_statistic("centering_stat", options.centering_stat)
+    check_statistic("scaling_stat", options.scaling_stat)
+    check_pairs({name: value is not None for name, value in vectors.items()})
+    check_channel_vectors(input.shape[1], {name: None if value is None else tuple(value.shape)
+                                           for name, value in vectors.items()})
+    check_dtypes(input.dtype, {name: None if value is None else value.dtype for name, value in vectors.items()})
 
 
 # ----------------------------------------------------------------------------- running statistics
 
 
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):
-    """The running statistics from the batch ones, the variance made unbiased (``count`` values)."""
+    """The running statistics from the batch ones, the variance made unbiased (``count`` values).
+
+    With one value per channel the (undefined) unbiased variance is taken as the biased one,
+    0, as ``jittor.nn.BatchNorm`` feeds it.
+    """
     _lerp_in_place(running_mean, mean, momentum)
-    _lerp_in_place(running_var, var * _constant(count / (count - 1), var.dtype), momentum)
-
-
-def _lerp_in_place(stat, batch, momentum):
-    """``(1 - momentum) * old + momentum * batch`` in place, outside the autograd graph."""
-    if not isinstance(momentum, jt.Var):
-        momentum = _constant(momentum, stat.dtype)
-    new = stat + (batch.detach().cast(stat.dtype) - stat) * momentum.cast(stat.dtype)
-    stat.update(new)
+    _lerp_in_place(running_var, var * _constant(count / max(count - 1, 1), var.dtype), momentum)
 
 
 # ----------------------------------------------------------------------------- literal path
@@ -113,14 +153,18 @@ def _instance_statistic(statistic, x, eps):
     return jt.sqrt(_mean(deviation * deviation, dims, keepdims=True) + eps)
 
 
-def _literal_path(x, running, weight, bias, center_weight, scale_weight, scale_bias, eps,
-                  centering_stat, scaling_stat, sync):
-    """Eq. 12 step by step, with Jittor's autodiff."""
-    eps = _constant(eps, x.dtype)
+def _literal_path(x, params, running, options, sync):
+    """Eq. 12 step by step, with Jittor's autodiff; any statistics.
+
+    ``params``: ``Parameters`` of (C,) Vars or None; ``running``: None (batch statistics) or
+    the running mean and variance. Returns y and the (C,) batch mean and biased variance of
+    ``X_cm``, averaged over the MPI processes when ``sync``.
+    """
+    eps = _constant(options.eps, x.dtype)
     dims = [0] + list(range(2, x.ndim))
     x_cm = x
-    if center_weight is not None:
-        x_cm = x + _per_channel(center_weight, x.ndim) * _instance_statistic(centering_stat, x, eps)
+    if params.center_weight is not None:
+        x_cm = x + _per_channel(params.center_weight, x.ndim) * _instance_statistic(options.centering_stat, x, eps)
     if running is None:
         # two passes; the second also picks up what float rounding left of the mean
         shift = _mean_over_processes(_mean(x_cm, dims, keepdims=True), sync)
@@ -134,75 +178,70 @@ def _literal_path(x, running, weight, bias, center_weight, scale_weight, scale_b
         centered = x_cm - _per_channel(batch_mean, x.ndim)
     x_s = centered / _per_channel(jt.sqrt(batch_var + eps), x.ndim)
     y = x_s
-    if scale_weight is not None:
-        k_s = _instance_statistic(scaling_stat, x_s, eps)
-        y = x_s * jt.sigmoid(_per_channel(scale_weight, x.ndim) * k_s
-                             + _per_channel(scale_bias, x.ndim))
-    if weight is not None:
-        y = y * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
+    if params.scale_weight is not None:
+        k_s = _instance_statistic(options.scaling_stat, x_s, eps)
+        y = x_s * jt.sigmoid(_per_channel(params.scale_weight, x.ndim) * k_s
+                             + _per_channel(params.scale_bias, x.ndim))
+    if params.weight is not None:
+        y = y * _per_channel(params.weight, x.ndim) + _per_channel(params.bias, x.ndim)
     return y, batch_mean, batch_var
 
 
 # ----------------------------------------------------------------------------- channel path
 
 
-def _channel_coefficients(shift, offset, var, running, weight, bias, center_weight, scale_weight,
-                          scale_bias, eps, centering_stat, scaling_stat, sync):
-    """``A``, ``B`` of ``Y = A * (X - shift) + B`` per (n, c), float64 (N, C); batch stats.
+def _channel_coefficients(mean, var, params, running, options, sync):
+    """``A``, ``B`` of ``Y = A * (X - mean) + B`` per (n, c), and the batch statistics.
 
-    ``shift`` (N, C) float64, ``offset`` and ``var``: the per-(n, c) moments of
-    :func:`_instance_moments`; ``eps`` a float64 Var.
+    ``mean``, ``var``: the per-instance mean and biased variance of X, (N, C) float64;
+    ``params``, ``running`` as in :func:`_literal_path`; channel statistics only. Returns
+    ``A``, ``B`` (N, C) float64 and the (C,) batch mean and biased variance of ``X_cm``.
+    Centering calibration moves each instance's mean and keeps its variance, so the batch
+    moments of ``X_cm`` follow from the per-instance ones (law of total variance).
     """
-    mean = shift + offset
+    eps = _constant(options.eps, "float64")
 
     def vector(value):  # a (C,) Var -> (1, C) float64, broadcasting over (N, C)
         return value.float64().unsqueeze(0)
 
-    centered_mean = mean
-    calibration = 0.0  # w_m * K_m, per (n, c)
-    if center_weight is not None:
-        calibration = vector(center_weight) * _channel_statistic(centering_stat, mean, var, eps)
-        centered_mean = mean + calibration
+    mean_cm = mean
+    if params.center_weight is not None:
+        mean_cm = mean + vector(params.center_weight) * _channel_statistic(options.centering_stat, mean, var, eps)
     if running is None:
-        batch_mean = _mean_over_processes(_mean(centered_mean, [0]), sync)
-        deviation = centered_mean - batch_mean.unsqueeze(0)
+        batch_mean = _mean_over_processes(_mean(mean_cm, [0]), sync)
+        deviation = mean_cm - batch_mean.unsqueeze(0)
         batch_var = _mean_over_processes(_mean(var + deviation * deviation, [0]), sync)
     else:
         batch_mean, batch_var = (stat.float64() for stat in running)
-        deviation = centered_mean - batch_mean.unsqueeze(0)
+        deviation = mean_cm - batch_mean.unsqueeze(0)
     inv_std = (jt.ones_like(batch_var) / jt.sqrt(batch_var + eps)).unsqueeze(0)
 
     scale = inv_std  # A without the affine weight
-    if scale_weight is not None:
+    if params.scale_weight is not None:
         # K_s of X_s: its per-(n, c) mean is deviation * inv_std, its variance var * inv_std^2
-        k_s = _channel_statistic(scaling_stat, deviation * inv_std, var * inv_std * inv_std, eps)
-        scale = scale * jt.sigmoid(vector(scale_weight) * k_s + vector(scale_bias))
-    if weight is not None:
-        scale = scale * vector(weight)
-    # Y = scale * (X + w_m K_m - M) + beta, with X - M = (X - shift) + (shift + w_m K_m - M)
-    shifted = scale * (shift + calibration - batch_mean.unsqueeze(0))
-    if bias is not None:
-        shifted = shifted + vector(bias)
-    return scale, shifted, batch_mean, batch_var
+        k_s = _channel_statistic(options.scaling_stat, deviation * inv_std, var * inv_std * inv_std, eps)
+        scale = scale * jt.sigmoid(vector(params.scale_weight) * k_s + vector(params.scale_bias))
+    if params.weight is not None:
+        scale = scale * vector(params.weight)
+    shift = scale * deviation  # Y at X = mean: the instance's mean of X_cs, scaled
+    if params.bias is not None:
+        shift = shift + vector(params.bias)
+    return scale, shift, batch_mean, batch_var
 
 
-def _channel_statistic(name, mean, var, eps):
-    """``mu_c`` or ``sigma_c`` of a slice from its mean and biased variance."""
-    return mean if name == "mu_c" else jt.sqrt(var + eps)
+def _channel_path(x, params, running, options, sync):
+    """Eq. 12 as ``Y = A * (X - mean) + B`` per (n, c); small vectors in float64.
 
-
-def _channel_path(x, running, weight, bias, center_weight, scale_weight, scale_bias, eps,
-                  centering_stat, scaling_stat, sync):
-    """Eq. 12 as ``Y = A * (X - shift) + B`` per (n, c); small vectors in float64."""
-    eps = _constant(eps, "float64")
+    The elementwise pass subtracts the rounded mean ``shift`` (what ``x`` is centred on, see
+    :func:`_instance_moments`) and folds ``A * offset`` into the float64 ``B``.
+    """
     n, c = x.shape[:2]
     x3 = x.reshape((n, c, -1))
     shift, offset, var = _instance_moments(x3)
     scale, shifted, batch_mean, batch_var = _channel_coefficients(
-        shift.squeeze(2).float64(), offset, var, running, weight, bias, center_weight, scale_weight,
-        scale_bias, eps, centering_stat, scaling_stat, sync)
+        shift.squeeze(2).float64() + offset, var, params, running, options, sync)
     a = scale.cast(x.dtype).unsqueeze(2)
-    b = shifted.cast(x.dtype).unsqueeze(2)
+    b = (shifted - scale * offset).cast(x.dtype).unsqueeze(2)
     y = (x3 - shift) * a + b
     return y.reshape(x.shape), batch_mean, batch_var
 
@@ -227,18 +266,45 @@ def _instance_moments(x):
 
 
 def _per_channel(vector, ndim):
+    """A (C,) Var as (1, C, 1, ...), broadcasting over an input of ``ndim`` dims."""
     return vector.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _reduction_dims(statistic, ndim):
+    """Dims a statistic reduces over: the spatial dims for ``*_c``, the channel dim for ``*_s``."""
+    return list(range(2, ndim)) if statistic.endswith("_c") else [1]
+
+
+def _channel_statistic(name, mean, var, eps):
+    """``mu_c`` or ``sigma_c`` of a slice from its mean and biased variance."""
+    return mean if name == "mu_c" else jt.sqrt(var + eps)
+
+
+def _empty_batch(input, params):
+    """What an input without elements gets: an empty output, as from ``jittor.nn.BatchNorm``.
+
+    It is connected to the parameters (by their first element, a no-op on no elements), so
+    their gradients are zeros; the running statistics stay as they are.
+    """
+    y = input.clone()
+    for param in params:
+        if param is not None:
+            y = y + param[0]
+    return y
+
+
+def _lerp_in_place(stat, batch, momentum):
+    """``(1 - momentum) * old + momentum * batch`` in place, outside the autograd graph."""
+    if not isinstance(momentum, jt.Var):
+        momentum = _constant(momentum, stat.dtype)
+    new = stat + (batch.detach().cast(stat.dtype) - stat) * momentum.cast(stat.dtype)
+    stat.update(new)
 
 
 def _constant(value, dtype):
     """A Python number as a (1,) Var of ``dtype`` (Jittor would make it a float32 constant)."""
     with jt.flag_scope(auto_convert_64_to_32=0):
         return jt.array(np.array([value], dtype=str(dtype)))
-
-
-def _reduction_dims(statistic, ndim):
-    """Dims a statistic reduces over: the spatial dims for ``*_c``, the channel dim for ``*_s``."""
-    return list(range(2, ndim)) if statistic.endswith("_c") else [1]
 
 
 def _mean(x, dims, keepdims=False):

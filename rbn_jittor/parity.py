@@ -2,12 +2,12 @@
 
 import jittor as jt
 
-from .convert import load_numpy_state_dict, state_dict_to_numpy
 from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
+from .state_dict import load_numpy_state_dict, state_dict_to_numpy
 
 FRAMEWORK = "jittor"
 
-_LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d,
+LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d,
            4: RepresentativeBatchNorm2d, 5: RepresentativeBatchNorm3d}
 
 
@@ -23,7 +23,7 @@ def run_module(x, params, state, dy, *, training, momentum, eps, centering_stat,
     """
     # float64 stays float64 only with this flag off (jt.array would convert it to float32)
     with jt.flag_scope(auto_convert_64_to_32=0):
-        layer = _LAYERS[x.ndim](
+        layer = LAYERS[x.ndim](
             x.shape[1], eps=eps, momentum=momentum, affine="weight" in params,
             is_train=training, track_running_stats=state is not None,
             centering="center_weight" in params, scaling="scale_weight" in params,

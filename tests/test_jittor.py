@@ -64,8 +64,8 @@ def test_channel_and_literal_paths_agree_through_functional():
     rng = np.random.default_rng(2)
     vectors = {name: jt.array(rng.uniform(0.5, 1.5, SHAPE[1]).astype(np.float32))
                for name in ("weight", "bias", "center_weight", "scale_weight", "scale_bias")}
-    y_channel = F.representative_batch_norm(x, training=True, **vectors)
-    y_literal = F._literal_path(x, None, *vectors.values(), 1e-5, "mu_c", "mu_c", False)[0]
+    y_channel = F.representative_batch_norm(x, None, None, training=True, **vectors)
+    y_literal = F._literal_path(x, rbn_reference.Parameters(**vectors), None, rbn_reference.Options(), False)[0]
     assert_close(y_channel.numpy(), y_literal.numpy())
 
 
@@ -183,7 +183,6 @@ def test_float64_layer():
     (rbn_jittor.RepresentativeBatchNorm3d, (2, 4, 3, 3), "expected 5D input (got 4D input)"),
     (rbn_jittor.RepresentativeBatchNorm, (2, 4, 1, 1, 1, 1), "expected 2D to 5D input (got 6D input)"),
     (rbn_jittor.RepresentativeBatchNorm2d, (2, 3, 3, 3), "expected 4 channels (got 3)"),
-    (rbn_jittor.RepresentativeBatchNorm1d, (1, 4), "Expected more than 1 value per channel when training, got input size (1, 4)"),
 ])
 def test_bad_input_shapes(layer_class, shape, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -212,7 +211,7 @@ def test_unknown_statistic(argname):
     with pytest.raises(ValueError, match=message):
         rbn_jittor.RepresentativeBatchNorm2d(4, **{argname: "mean"})
     with pytest.raises(ValueError, match=message):
-        F.representative_batch_norm(jt.zeros(SHAPE), training=True, **{argname: "mean"})
+        F.representative_batch_norm(jt.zeros(SHAPE), None, None, training=True, **{argname: "mean"})
 
 
 # ----------------------------------------------------------------------------- conversion

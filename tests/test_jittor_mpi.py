@@ -6,6 +6,7 @@ it needs OpenMPI (Debian: ``apt-get install -y openmpi-bin libopenmpi-dev``).
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -50,8 +51,16 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
                nvcc_path=os.environ.get("nvcc_path", ""))
     command = ["mpirun", "-np", "2", "--allow-run-as-root", "--oversubscribe",
                sys.executable, __file__, str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    # its own process group, killed whole on timeout: a hung rank fails the test instead of stalling CI
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail("mpirun did not finish in 900 s:\n" + stdout[-3000:] + stderr[-3000:])
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     tol = TOLERANCES["float64"]
     for case_id in CASE_IDS:
         x, params, state, dy, config = inputs(case_id)

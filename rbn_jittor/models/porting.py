@@ -13,7 +13,7 @@ from jittor import nn
 from rbn import safe_pickle
 
 from .. import models  # noqa: F401  (the interface above)
-from ..convert import load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
+from ..state_dict import load_numpy_state_dict, state_dict_to_numpy  # noqa: F401
 from ..modules import RepresentativeBatchNorm2d  # noqa: F401
 
 FRAMEWORK = "jittor"
