@@ -19,6 +19,9 @@ from rbn_reference import Options, Parameters
 __all__ = ["representative_batch_norm"]
 
 _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
+# |instance mean| / instance std beyond which the input gradient centres X before scaling it:
+# 16 costs float32 4 bits at most in the one-pass form.
+_CANCELLATION_RATIO = 16
 
 
 def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None, center_weight=None,
@@ -324,10 +327,16 @@ class _ChannelRBN(torch.autograd.Function):
                                for leaf in leaves[:2])
         # dX = A dY + P (X - mean) + Q with P = 2 dvar / S, Q = (dmean - A sum dY) / S
         # (-A sum dY is Y's own -mean); as BatchNorm's kernel, P X + (Q - P mean) in one pass.
+        # That form loses eps * |P mean| to cancellation, against terms of size |P| std: where an
+        # instance's mean is far beyond its spread (no spatial dims: std 0) X - mean goes first.
         count = x.shape[-1]
         scale = scale.detach()
         slope = 2 * grad_var / count
-        grad_x = torch.addcmul((grad_mean - scale * grad_shift) / count - slope * mean, x, slope)
+        offset = (grad_mean - scale * grad_shift) / count
+        if bool((mean.abs() > _CANCELLATION_RATIO * leaves[1].detach().sqrt()).any()):
+            grad_x = torch.addcmul(offset, x - mean, slope)
+        else:
+            grad_x = torch.addcmul(offset - slope * mean, x, slope)
         return (grad_x.addcmul_(scale, dy), None, None, *grad_params)
 
 
