@@ -39,7 +39,7 @@ def test_export_verifies_in_onnxruntime_at_another_batch_size(source, tmp_path, 
     batch = session.get_inputs()[0].shape[0]
     assert not isinstance(batch, int)  # a named, dynamic axis
     for size in (1, 5):
-        x = np.random.default_rng(size).standard_normal((size, 3, 32, 32)).astype(np.float32)
+        x = np.random.default_rng(size).standard_normal((size, *export.VERIFY_SHAPE[1:])).astype(np.float32)
         assert session.run(None, {"input": x})[0].shape == (size, 10)
 
 
