@@ -146,7 +146,7 @@ def run_export(args):
     if check is not None:
         print(check)
         if not check.passed:
-            print(f"rbn export: error: onnxruntime's logits differ beyond the float32 tolerance; {args.dst} "
+            print(f"rbn export: error: onnxruntime's logits differ beyond rbn_reference.tolerances.EXPORT_TOLERANCE; {args.dst} "
                   "not written", file=sys.stderr)
             return 1
     print(f"rbn export: wrote {args.dst}", file=sys.stderr)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from rbn_reference.parity import compare
-from rbn_reference.tolerances import tolerance
+from rbn_reference.tolerances import EXPORT_TOLERANCE
 
 from .checkpoint import ARCHITECTURES, VERIFY_SHAPE, CheckpointError, build_model, read_checkpoint
 
@@ -28,7 +28,7 @@ def export(src, dst, *, arch, src_format=None, opset=None, exporter="dynamo", ve
     """Write ``src`` as the ONNX model ``dst`` of the eval-mode ``arch``; return the verification Check.
 
     Raises ExportError (bad input; nothing written) and, with ``verify``, returns a parity Check
-    whose ``passed`` says whether onnxruntime's logits are within the float32 tolerance of
+    whose ``passed`` says whether onnxruntime's logits are within ``EXPORT_TOLERANCE`` of
     PyTorch's; ``dst`` is removed again when they are not.
     """
     if arch not in ARCHITECTURES:
@@ -63,4 +63,4 @@ def verify_onnx(porting, model, path, arch):
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x})
     want = porting.logits(model, x, training=False)
-    return compare("onnx logits", f"{arch} onnxruntime eval logits", got, want, "float32", tolerance("float32"))
+    return compare("onnx logits", f"{arch} onnxruntime eval logits", got, want, "float32", EXPORT_TOLERANCE)

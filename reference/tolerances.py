@@ -99,3 +99,26 @@ def peer_tolerance(dtype, peer_error):
     """``tolerance(dtype)`` widened by ``PEER_ERROR_FACTOR`` times a float32 peer's own error."""
     base = tolerance(dtype)
     return base._replace(atol=base.atol + PEER_ERROR_FACTOR * peer_error)
+
+
+# ONNX export (rbn export, tests/test_torch_export.py): an eval-mode float32 network in
+# onnxruntime against torch. Eval mode has no batch-statistics cancellation; the two runtimes
+# differ only in the order of their sums (convolution algorithms, reductions), a few float32
+# ulps per layer, which over ~150 layers measured at most 1.1e-6 of the largest logit here.
+# rtol 1e-5 leaves ten times that; a wrong export (a missed calibration, training statistics)
+# is off by 1e-2 or more.
+EXPORT_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
+
+# Mixed precision (tests/test_torch_precision.py): bfloat16 keeps 8 significant bits, unit
+# roundoff 2**-9 ~ 2e-3. Under autocast the convolutions and the classifier round their inputs
+# and outputs to it; RBN re-standardizes every layer in float32, so the errors do not compound
+# through depth, and the loss (a mean over the batch of log-softmax terms) carries a few such
+# roundings. Measured: 4.7e-3 relative for an RBN resnet18, 1.9e-2 for the same network with
+# nn.BatchNorm2d. 2e-2 (about ten roundoffs) still catches a layer computed wrongly in bfloat16
+# (a variance of E[x^2] - E[x]^2 in bfloat16 is off by O(1)). Gradients are not compared
+# elementwise: at batch 4 the training-mode backward of a deep network is ill-conditioned, and
+# bfloat16 moves the whole gradient by tens of percent for BatchNorm as for RBN (cosine 0.66 and
+# 0.77 to the float32 gradient, measured).
+BFLOAT16_LOSS_RTOL = 2e-2
+# float16 keeps 11 bits (roundoff 2**-12 ~ 2.4e-4): the same reasoning gives 5e-3.
+FLOAT16_LOSS_RTOL = 5e-3

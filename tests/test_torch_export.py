@@ -17,15 +17,8 @@ ort = pytest.importorskip("onnxruntime")
 
 import rbn_torch.models as zoo  # noqa: E402
 from rbn_torch.models import porting  # noqa: E402
-from tolerances import Tolerance  # noqa: E402
+from tolerances import EXPORT_TOLERANCE  # noqa: E402
 
-# Mirrors the entry proposed for reference/tolerances.py: an eval-mode float32 network in
-# onnxruntime against torch. Eval mode has no batch-statistics cancellation; the two runtimes
-# differ only in the order of their sums (convolution algorithms, reductions), a few float32
-# ulps per layer, which over ~150 layers measured at most 1.1e-6 of the largest logit here.
-# rtol 1e-5 leaves ten times that; a wrong export (a missed calibration, training statistics)
-# is off by 1e-2 or more.
-EXPORT_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2",
          "res2net50_26w_4s"]

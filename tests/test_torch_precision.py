@@ -15,19 +15,7 @@ from torch import nn  # noqa: E402
 import rbn_torch.models as zoo  # noqa: E402
 from rbn_torch import RepresentativeBatchNorm2d  # noqa: E402
 
-# bfloat16 keeps 8 significant bits: unit roundoff 2**-9 ~ 2e-3. Under autocast the
-# convolutions and the classifier round their inputs and outputs to it; RBN re-standardizes
-# every layer in float32, so the errors do not compound through depth, and the loss (a mean
-# over the batch of log-softmax terms) carries a few such roundings. Measured here: 4.7e-3
-# relative for RBN, 1.9e-2 for the same network with nn.BatchNorm2d. 2e-2 (about ten
-# roundoffs) still catches a layer computed wrongly in bfloat16 (a variance of
-# E[x^2] - E[x]^2 in bfloat16 is off by O(1)). The gradients are not compared elementwise:
-# at batch 4 the training-mode backward of a deep network is ill-conditioned, and bfloat16
-# moves the whole gradient by tens of percent for nn.BatchNorm2d as for RBN (cosine 0.66 and
-# 0.77 to the float32 gradient, measured).
-BFLOAT16_LOSS_RTOL = 2e-2
-# float16 keeps 11 bits (roundoff 2**-12 ~ 2.4e-4): the same reasoning gives 5e-3.
-FLOAT16_LOSS_RTOL = 5e-3
+from tolerances import BFLOAT16_LOSS_RTOL, FLOAT16_LOSS_RTOL  # noqa: E402
 
 
 def batch(device="cpu"):
