@@ -13,12 +13,12 @@ pytest.importorskip("torch")
 pytest.importorskip("mindspore")
 pytest.importorskip("jittor")
 
-from rbn import checkpoint  # noqa: E402
+from rbn import checkpoint, frameworks  # noqa: E402
 from rbn_reference.parity import assert_checks, compare  # noqa: E402
 from test_models import BATCH, SMALL, random_state  # noqa: E402
 from tolerances import peer_tolerance, tolerance  # noqa: E402
 
-FRAMEWORKS = checkpoint.FRAMEWORKS
+FRAMEWORKS = frameworks.names()  # the safe import order
 LR = 0.1
 
 
