@@ -17,26 +17,19 @@ pytest.importorskip("safetensors")
 import torch  # noqa: E402
 
 from rbn import checkpoint, safe_pickle  # noqa: E402
-from rbn.checkpoint import Checkpoint  # noqa: E402
 from rbn.cli import main  # noqa: E402
 from test_models import random_state  # noqa: E402
 
-ARCH = "resnet18"
-SUFFIXES = {"torch": ".pt", "jittor": ".pkl", "mindspore": ".ckpt", "neutral": ".safetensors"}
-FORMATS = [pytest.param(fmt, marks=pytest.mark.skipif(
-    fmt != "neutral" and importlib.util.find_spec(fmt) is None, reason=f"{fmt} is not installed"))
-    for fmt in SUFFIXES]
+from test_checkpoint import ARCH, SUFFIXES  # noqa: E402
+from test_checkpoint import INSTALLED as FORMATS  # noqa: E402
+from test_checkpoint import save as write  # noqa: E402
+
 EXISTING_DST = b"the user's own file"
 
 
 @pytest.fixture(scope="module")
 def arrays():
     return random_state(ARCH)
-
-
-def write(path, arrays):
-    checkpoint.write_checkpoint(path, Checkpoint(arrays, {}))
-    return path
 
 
 class Payload:
