@@ -132,8 +132,12 @@ def test_files_the_frameworks_save_themselves_convert_and_verify(arrays, tmp_pat
     checks = checkpoint.convert(src, tmp_path / "neutral.safetensors", arch=ARCH, verify_logits=True, progress=False)
     assert [check.passed for check in checks] == [True, True]
     converted = checkpoint.read_checkpoint(tmp_path / "neutral.safetensors").arrays
-    assert sorted(converted) == sorted(arrays)
-    assert all(np.array_equal(converted[name], arrays[name]) for name in arrays)
+    # Jittor's Module.save writes state_dict(), which lists what parameters() lists: the batch
+    # count stays out of both (jt.grad over parameters() needs float Vars), as jt.nn.BatchNorm keeps none.
+    expected = {name: array for name, array in arrays.items()
+                if not (framework == "jittor" and name.endswith("num_batches_tracked"))}
+    assert sorted(converted) == sorted(expected)
+    assert all(np.array_equal(converted[name], expected[name]) for name in expected)
 
 
 def test_verify_reports_both_modes(arrays, tmp_path, capsys):
