@@ -162,8 +162,9 @@ def build_parser():
                     "and compare outputs, gradients and running statistics with the NumPy oracle.")
     parity_parser.add_argument("--framework", action="append", choices=frameworks.names(),
                                help="only this framework (repeatable); default: all")
-    parity_parser.add_argument("--dtype", action="append", choices=list(parity.DTYPES),
-                               help="only this dtype (repeatable); default: all")
+    parity_parser.add_argument("--dtype", action="append", choices=list(parity.DTYPES + parity.MIXED_DTYPES),
+                               help="only this dtype (repeatable; float16: float16 input with float32 "
+                                    "parameters, as under mixed precision); default: float32 and float64")
     parity_parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                                help="write the rows as JSON to PATH (atomically), or to stdout without PATH")
     parity_parser.set_defaults(handler=run_parity)

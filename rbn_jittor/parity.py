@@ -12,6 +12,14 @@ LAYERS = {2: RepresentativeBatchNorm1d, 3: RepresentativeBatchNorm1d,
 
 
 def version():
+    """The Jittor version the parity report names.
+
+    Example::
+
+        >>> from rbn_jittor.parity import version
+        >>> version().startswith("1.")
+        True
+    """
     return jt.__version__
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .rbn import backward, forward
-from .tolerances import FINITE_DIFFERENCE_STEP, finite_difference_tolerance, tolerance
+from .tolerances import FINITE_DIFFERENCE_STEP, compute_dtype, finite_difference_tolerance, tolerance
 
 TRAINING_STEPS = 3  # several updates of the running statistics, so their recurrence is checked
 
@@ -64,7 +64,11 @@ class Case:
                     centering_stat=self.centering_stat, scaling_stat=self.scaling_stat)
 
     def arrays(self, dtype="float64"):
-        """Inputs far from zero mean, parameters away from their init so every term matters."""
+        """Inputs far from zero mean, parameters away from their init so every term matters.
+
+        ``x`` and ``dy`` are in ``dtype``; the parameters and running statistics in
+        ``compute_dtype(dtype)`` (float32 for float16 input, as BatchNorm keeps them).
+        """
         rng = np.random.default_rng(zlib.crc32(self.id.encode()))
         channels = self.shape[1]
         channel_shape = (1, channels) + (1,) * (len(self.shape) - 2)
@@ -84,13 +88,13 @@ class Case:
                          running_var=rng.uniform(0.5, 3.0, channels),
                          num_batches_tracked=np.array(5, dtype=np.int64))
         dy = rng.standard_normal(self.shape)
-        cast = lambda array: array.astype(dtype)  # noqa: E731
+        cast = lambda array: array.astype(compute_dtype(dtype))  # noqa: E731
         return CaseArrays(
-            cast(x),
+            x.astype(dtype),
             {name: cast(value) for name, value in params.items()},
             None if state is None else {name: value if name == "num_batches_tracked" else cast(value)
                                         for name, value in state.items()},
-            cast(dy),
+            dy.astype(dtype),
         )
 
 
@@ -121,6 +125,9 @@ def _make_cases():
 
 CASES = _make_cases()
 DTYPES = ("float32", "float64")
+# Mixed precision: float16 input and upstream gradient, float32 parameters (``rbn parity --dtype
+# float16``; the frameworks' own test suites cover it too).
+MIXED_DTYPES = ("float16",)
 MODES = ("train", "eval")
 
 
@@ -151,14 +158,19 @@ class Check(NamedTuple):
                 f"max rel {self.max_rel:.3g}{'; ' + self.detail if self.detail else ''}")
 
 
-def compare(group, name, got, want, dtype, tol):
-    """Compare ``got`` (the framework's, in ``dtype``) with ``want`` (the oracle's float64)."""
+def compare(group, name, got, want, dtype, tol, array_dtype=None):
+    """Compare ``got`` (the framework's) with ``want`` (the oracle's float64).
+
+    ``dtype`` is the run's input dtype, which names the check; ``got`` must be in
+    ``array_dtype``, which is ``dtype`` unless given (a float32 parameter of a float16 run).
+    """
     got = np.asarray(got)
     want = np.asarray(want, dtype=np.float64)
+    array_dtype = dtype if array_dtype is None else array_dtype
     if got.shape != want.shape:
         return Check(group, name, dtype, np.inf, np.inf, False, f"shape {got.shape}, expected {want.shape}")
-    if got.dtype != np.dtype(dtype) and not name.endswith("num_batches_tracked"):
-        return Check(group, name, dtype, np.inf, np.inf, False, f"dtype {got.dtype}, expected {dtype}")
+    if got.dtype != np.dtype(array_dtype) and not name.endswith("num_batches_tracked"):
+        return Check(group, name, dtype, np.inf, np.inf, False, f"dtype {got.dtype}, expected {array_dtype}")
     error = np.abs(got.astype(np.float64) - want)
     if error.size == 0:
         return Check(group, name, dtype, 0.0, 0.0, True, "")
@@ -181,12 +193,16 @@ def check_case(run_module, case, dtype, training, offset_ratio=0.0):
     want = run_reference(*arrays, **kwargs)
     got = run_module(*arrays, **kwargs)
     tol = tolerance(dtype, offset_ratio)
+    # The parameters' gradients and the running statistics are in the compute dtype, and so is
+    # their arithmetic: they are judged by its row of the table.
+    parameter_dtype = compute_dtype(dtype)
+    parameter_tol = tolerance(parameter_dtype, offset_ratio)
     mode = "train" if training else "eval"
     checks = [compare(f"forward ({mode})", f"{case.id} {mode} y", got["y"], want["y"], dtype, tol)]
     for name, grad in want["grads"].items():
         group = "grad x" if name == "x" else "grads of parameters"
         checks.append(compare(group, f"{case.id} {mode} grad {name}", got["grads"].get(name, np.empty(0)),
-                              grad, dtype, tol))
+                              grad, dtype, *((tol,) if name == "x" else (parameter_tol, parameter_dtype))))
     extra = sorted(set(got["grads"]) - set(want["grads"]))
     if extra:
         checks.append(Check("grads of parameters", f"{case.id} {mode} grads", dtype, np.inf, np.inf, False,
@@ -195,7 +211,8 @@ def check_case(run_module, case, dtype, training, offset_ratio=0.0):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             got_value = (got["state"] or {}).get(name, np.empty(0))
             checks.append(compare("running statistics", f"{case.id} {mode} {name}", got_value,
-                                  (want["state"] or {}).get(name, np.empty(0)), dtype, tol))
+                                  (want["state"] or {}).get(name, np.empty(0)), dtype, parameter_tol,
+                                  parameter_dtype))
     return checks
 
 

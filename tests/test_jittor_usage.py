@@ -9,7 +9,8 @@ import pytest
 jt = pytest.importorskip("jittor")
 
 import rbn_jittor  # noqa: E402
-from rbn_jittor import convert, functional, modules, state_dict  # noqa: E402
+from rbn_jittor import convert, functional, modules, parity, state_dict  # noqa: E402
+from rbn_jittor.models import porting  # noqa: E402
 from tolerances import TOLERANCES  # noqa: E402
 
 SHAPE = (3, 4, 5, 4)  # test_jittor.py's shape: its compiled kernels are reused
@@ -26,7 +27,7 @@ def assert_close(got, want):
     np.testing.assert_allclose(got, want, rtol=0, atol=tol.atol + tol.rtol * np.abs(want).max())
 
 
-@pytest.mark.parametrize("module", [functional, modules, convert, state_dict], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [functional, modules, convert, state_dict, parity, porting], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

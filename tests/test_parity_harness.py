@@ -13,13 +13,16 @@ CASE = next(case for case in parity.CASES if case.id == "2d-mu_c-sigma_c")
 
 
 def faithful(x, params, state, dy, **kwargs):
-    """An adapter that computes in float64 and returns the input's dtype, as a framework would."""
+    """An adapter that computes in float64 and returns each array in the dtype it came in, as a
+    framework would (float16 output and input gradient, float32 parameters, for float16 input)."""
     result = run_reference(x, params, state, dy, **kwargs)
-    cast = lambda array: np.asarray(array).astype(x.dtype)  # noqa: E731
-    state = result["state"]
-    return {"y": cast(result["y"]), "grads": {k: cast(v) for k, v in result["grads"].items()},
-            "state": None if state is None else {k: v if k == "num_batches_tracked" else cast(v)
-                                                 for k, v in state.items()}}
+    as_input = {"x": x.dtype, **{name: value.dtype for name, value in params.items()}}
+    grads = {name: np.asarray(value).astype(as_input[name]) for name, value in result["grads"].items()}
+    new_state = result["state"]
+    if new_state is not None:
+        new_state = {name: value if name == "num_batches_tracked" else value.astype(state[name].dtype)
+                     for name, value in new_state.items()}
+    return {"y": result["y"].astype(x.dtype), "grads": grads, "state": new_state}
 
 
 def broken(change):
@@ -46,10 +49,42 @@ def no_running_update(result):
     result["state"]["num_batches_tracked"] = result["state"]["num_batches_tracked"] - 1
 
 
-@pytest.mark.parametrize("dtype", parity.DTYPES)
+@pytest.mark.parametrize("dtype", parity.DTYPES + parity.MIXED_DTYPES)
 @pytest.mark.parametrize("mode", parity.MODES)
 def test_faithful_adapter_passes(dtype, mode):
     parity.assert_checks(parity.check_case(faithful, CASE, dtype, mode == "train"))
+
+
+def test_float16_case_keeps_parameters_in_float32():
+    x, params, state, dy = CASE.arrays("float16")
+    assert x.dtype == dy.dtype == np.float16
+    assert {value.dtype for value in params.values()} | {state["running_var"].dtype} == {np.dtype(np.float32)}
+
+
+def test_float16_statistics_fail_the_float16_tolerance():
+    """The float16 row allows the output's one rounding, not statistics computed in float16."""
+    case = next(case for case in parity.CASES if case.id == "2d-batchnorm")
+
+    def float16_batchnorm(x, params, state, dy, **kwargs):
+        result = faithful(x, params, state, dy, **kwargs)
+        half, axes = np.float16, (0, 2, 3)
+        count = half(x.size // x.shape[1])
+        mean = np.add.reduce(x, axis=axes, dtype=half, keepdims=True) / count
+        var = np.add.reduce((x - mean) * (x - mean), axis=axes, dtype=half, keepdims=True) / count
+        weight, bias = (params[name].astype(half).reshape(1, -1, 1, 1) for name in ("weight", "bias"))
+        result["y"] = ((x - mean) / np.sqrt(var + half(kwargs["eps"])) * weight + bias).astype(half)
+        return result
+    y_check = parity.check_case(faithful, case, "float16", True)[0]
+    assert y_check.passed
+    y_check = parity.check_case(float16_batchnorm, case, "float16", True)[0]
+    assert y_check.name == f"{case.id} train y" and not y_check.passed
+
+
+def test_float32_parameter_gradient_expected_for_float16_input():
+    def float16_parameters(result):
+        result["grads"]["weight"] = result["grads"]["weight"].astype(np.float16)
+    checks = parity.check_case(broken(float16_parameters), CASE, "float16", True)
+    assert [check.detail for check in checks if not check.passed] == ["dtype float16, expected float32"]
 
 
 @pytest.mark.parametrize("change, failing", [

@@ -42,7 +42,7 @@ def random_layer(layer, seed=0):
 
 
 @pytest.mark.parametrize("mode", parity.MODES)
-@pytest.mark.parametrize("dtype", parity.DTYPES)
+@pytest.mark.parametrize("dtype", parity.DTYPES + parity.MIXED_DTYPES)
 @pytest.mark.parametrize("case", parity.CASES, ids=str)
 def test_parity(case, dtype, mode):
     parity.assert_checks(parity.check_case(run_module, case, dtype, mode == "train"))
