@@ -43,23 +43,23 @@ def summarize(framework, version, checks, groups, dtypes):
     return rows
 
 
-def reference_rows():
+def reference_rows(full=True):
     """The oracle's self-check: analytic backward against central differences."""
-    checks = [check for case in parity.CASES for mode in parity.MODES
+    checks = [check for case in parity.cases(full) for mode in parity.MODES
               for check in parity.finite_difference_checks(case, mode == "train")]
     import numpy
 
     return summarize("reference", f"numpy {numpy.__version__}", checks, REFERENCE_GROUPS, ("float64",))
 
 
-def framework_rows(framework, dtypes):
+def framework_rows(framework, dtypes, full=True):
     if not framework.installed():
         return [Row(framework.name, "", "-", "-", 0, None, None, "not installed", "")]
     adapter = frameworks.import_module(framework.name, framework.parity)
     checks, unsupported = [], []
     for dtype in dtypes:
         for mode in parity.MODES:
-            for case in parity.CASES:
+            for case in parity.cases(full):
                 try:
                     checks += parity.check_case(adapter.run_module, case, dtype, mode == "train")
                 except parity.NotSupported as reason:
@@ -91,11 +91,11 @@ def format_table(rows):
 
 
 def run_parity(args):
-    rows = reference_rows()
+    rows = reference_rows(args.full)
     for name in args.framework or frameworks.names():
         print(f"rbn parity: checking {name} ...", file=sys.stderr, flush=True)
         try:
-            rows += framework_rows(frameworks.get(name), args.dtype or parity.DTYPES)
+            rows += framework_rows(frameworks.get(name), args.dtype or parity.DTYPES, args.full)
         except Exception as error:  # a broken framework is a FAIL row, not a crash of the report
             rows.append(Row(name, "", "-", "-", 0, None, None, "FAIL", f"{type(error).__name__}: {error}"))
     if args.json is None:
@@ -165,6 +165,8 @@ def build_parser():
     parity_parser.add_argument("--dtype", action="append", choices=list(parity.DTYPES + parity.MIXED_DTYPES),
                                help="only this dtype (repeatable; float16: float16 input with float32 "
                                     "parameters, as under mixed precision); default: float32 and float64")
+    parity_parser.add_argument("--full", action="store_true",
+                               help="every seeded case, as the tests run them (default: one case per path)")
     parity_parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                                help="write the rows as JSON to PATH (atomically), or to stdout without PATH")
     parity_parser.set_defaults(handler=run_parity)

@@ -5,7 +5,8 @@ Two paths compute the same thing:
 - the channel-statistics path (``mu_c``/``sigma_c`` for both calibrations, or the
   calibrations off) writes every step of Eq. 12 as a per-(n, c) affine map
   ``Y = A[n, c] * (X - mean[n, c]) + B[n, c]`` (docs/jittor.md, "Speed"): one moments
-  pass and one fused elementwise pass, BatchNorm's own cost.
+  pass and one elementwise pass, BatchNorm's own cost, each a ``jt.code`` kernel compiled once
+  per dtype (a cold cache would otherwise compile a fused kernel for every op graph met).
 - the literal path follows Eq. 12 step by step with Jittor's autodiff; it serves the
   spatial statistics ``mu_s``/``sigma_s`` of Table 3.
 
@@ -22,7 +23,10 @@ import jittor as jt
 import numpy as np
 from rbn_reference import Options, Parameters, check_channel_vectors, check_dtypes, check_input, check_pairs, check_statistic
 
+from . import kernels
+
 _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
+_AMP_PREFER_FLOAT32 = 1  # amp_prefer32, bit 0 of jt.flags.amp_reg (jittor/src/misc/nano_string.h)
 
 
 def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None, center_weight=None,
@@ -51,7 +55,8 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     modified.
 
     Args:
-        input (Var): (N, C, *) floating-point input, 0 to 3 spatial dims.
+        input (Var): (N, C, *) floating-point input, 0 to 3 spatial dims; float16 is
+            computed in float32 (the vectors float32 then), under Jittor's AMP too.
         running_mean (Var or None): (C,) running mean, or None to always use batch statistics.
         running_var (Var or None): (C,) running variance; given with ``running_mean``.
         weight (Var, optional): gamma, (C,). Default: None (no affine).
@@ -86,31 +91,55 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     """
     params = Parameters(weight, bias, center_weight, scale_weight, scale_bias)
     options = Options(eps, centering_stat, scaling_stat)
-    _check_arguments(input, running_mean, running_var, params, options)
-    if input.numel() == 0:
-        return _empty_batch(input, params)
+    # Half precision: statistics and per-channel math in float32, as jittor.nn.BatchNorm under
+    # AMP; the vectors float32, the result in the input's dtype.
+    compute_dtype = "float32" if input.dtype == "float16" else str(input.dtype)
+    _check_arguments(input, compute_dtype, running_mean, running_var, params, options)
+    with jt.flag_scope(amp_reg=_amp_register(compute_dtype)):
+        x = input if compute_dtype == input.dtype else input.cast(compute_dtype)
+        y = _normalize(x, running_mean, running_var, params, options, training, momentum, sync)
+    return y if y.dtype == input.dtype else y.cast(input.dtype)
+
+
+def _normalize(x, running_mean, running_var, params, options, training, momentum, sync):
+    """:func:`representative_batch_norm` on checked arguments, in ``x``'s dtype."""
+    if x.numel() == 0:
+        return _empty_batch(x, params)
     batch_statistics = training or running_mean is None
     world_size = jt.world_size if sync and jt.in_mpi else 1
     running = None if batch_statistics else (running_mean, running_var)
     # A calibration that is off has no statistic; "mu_c" keeps it on the channel path.
-    path_options = Options(eps, centering_stat if center_weight is not None else "mu_c",
-                           scaling_stat if scale_weight is not None else "mu_c")
+    path_options = options._replace(
+        centering_stat=options.centering_stat if params.center_weight is not None else "mu_c",
+        scaling_stat=options.scaling_stat if params.scale_weight is not None else "mu_c")
     channel = {path_options.centering_stat, path_options.scaling_stat} <= set(_CHANNEL_STATISTICS)
     # Without calibrations eval is elementwise; the literal path then reads no instance moment,
     # so a NaN or Inf stays in its element, as with jittor.nn.BatchNorm.
-    elementwise = running is not None and center_weight is None and scale_weight is None
+    elementwise = running is not None and params.center_weight is None and params.scale_weight is None
     path = _channel_path if channel and not elementwise else _literal_path
-    y, mean, var = path(input, params, running, path_options, world_size > 1)
+    y, mean, var = path(x, params, running, path_options, world_size > 1)
     if training and running_mean is not None:
-        count = input.numel() // input.shape[1] * world_size
+        count = x.numel() // x.shape[1] * world_size
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
+
+
+def _amp_register(compute_dtype):
+    """Jittor's AMP register (``jt.flags.amp_reg``) for RBN's own ops.
+
+    Under ``jt.flags.auto_mixed_precision_level`` 4 to 6 Jittor makes every float op float16,
+    even on float32 or float64 operands. Ops built with ``amp_prefer32`` set stay float32, in
+    the backward too (each op records the register it was built under and its gradient ops
+    are built under it). Without AMP the register stays clear, so the float64 per-(n, c) math
+    stays float64; a float64 input keeps its own dtype under AMP too.
+    """
+    return _AMP_PREFER_FLOAT32 if jt.flags.amp_reg and compute_dtype == "float32" else 0
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_arguments(input, running_mean, running_var, params, options):
+def _check_arguments(input, compute_dtype, running_mean, running_var, params, options):
     """Raise the oracle's errors (same wording) for anything Eq. 12 cannot take.
 
     No one-value-per-channel check: ``jittor.nn.BatchNorm`` normalizes a batch of one too.
@@ -122,7 +151,7 @@ def _check_arguments(input, running_mean, running_var, params, options):
     check_pairs({name: value is not None for name, value in vectors.items()})
     check_channel_vectors(input.shape[1], {name: None if value is None else tuple(value.shape)
                                            for name, value in vectors.items()})
-    check_dtypes(input.dtype, {name: None if value is None else value.dtype for name, value in vectors.items()})
+    check_dtypes(compute_dtype, {name: None if value is None else value.dtype for name, value in vectors.items()})
 
 
 # ----------------------------------------------------------------------------- running statistics
@@ -230,36 +259,13 @@ def _channel_coefficients(mean, var, params, running, options, sync):
 
 
 def _channel_path(x, params, running, options, sync):
-    """Eq. 12 as ``Y = A * (X - mean) + B`` per (n, c); small vectors in float64.
-
-    The elementwise pass subtracts the rounded mean ``shift`` (what ``x`` is centred on, see
-    :func:`_instance_moments`) and folds ``A * offset`` into the float64 ``B``.
-    """
+    """Eq. 12 as ``Y = A * (X - mean) + B`` per (n, c): the two passes over ``x`` are
+    ``jt.code`` kernels (:mod:`rbn_jittor.kernels`), the (N, C) algebra between them float64 ops."""
     n, c = x.shape[:2]
     x3 = x.reshape((n, c, -1))
-    shift, offset, var = _instance_moments(x3)
-    scale, shifted, batch_mean, batch_var = _channel_coefficients(
-        shift.squeeze(2).float64() + offset, var, params, running, options, sync)
-    a = scale.cast(x.dtype).unsqueeze(2)
-    b = (shifted - scale * offset).cast(x.dtype).unsqueeze(2)
-    y = (x3 - shift) * a + b
-    return y.reshape(x.shape), batch_mean, batch_var
-
-
-def _instance_moments(x):
-    """Per-(n, c) moments of ``x`` (N, C, L) around a fixed shift, two-pass.
-
-    Returns ``(shift, offset, var)``: ``shift`` (N, C, 1) is the rounded mean of each slice,
-    detached (a constant: nothing computed from it depends on its value); ``offset =
-    mean(x - shift)`` is what rounding left of the mean (the exact mean is ``shift +
-    offset``) and ``var`` the biased variance, both (N, C) in float64. Jittor fuses the
-    autodiff of these reductions well: a ``jt.Function`` with the hand-written grad
-    measured slower (docs/jittor.md).
-    """
-    shift = _mean(x, [2], keepdims=True).detach()
-    centered = (x - shift).float64()
-    offset = _mean(centered, [2])
-    return shift, offset, _mean(centered * centered, [2]) - offset * offset
+    mean, var = kernels.InstanceMoments()(x3)
+    scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options, sync)
+    return kernels.InstanceAffine()(x3, mean, scale, shift).reshape(x.shape), batch_mean, batch_var
 
 
 # ----------------------------------------------------------------------------- shared pieces

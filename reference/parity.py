@@ -124,6 +124,19 @@ def _make_cases():
 
 
 CASES = _make_cases()
+# One case per path, enough for `rbn parity`'s default run: the channel-statistics path (2d), the
+# literal path with no spatial dims (1d) and with spatial statistics in 3d, untracked and cumulative,
+# the calibrations and the affine off (1d-len: BatchNorm's elementwise eval), momentum None.
+# The tests and `rbn parity --full` run every case.
+REPRESENTATIVE_CASES = ("2d-mu_c-sigma_c", "1d-sigma_c-sigma_s", "3d-mu_s-mu_c-untracked-cumulative",
+                        "1d-len-batchnorm-no_affine", "2d-mu_c-mu_c-cumulative")
+
+
+def cases(full=True):
+    """Every case, or with ``full=False`` the representative ones (:data:`REPRESENTATIVE_CASES`)."""
+    return CASES if full else tuple(case for case in CASES if case.id in REPRESENTATIVE_CASES)
+
+
 DTYPES = ("float32", "float64")
 # Mixed precision: float16 input and upstream gradient, float32 parameters (``rbn parity --dtype
 # float16``; the frameworks' own test suites cover it too).

@@ -130,7 +130,7 @@ def fake_frameworks(tmp_path, monkeypatch):
         frameworks.Framework("numpy", "numpy", "good_adapter", ""),
         frameworks.Framework("json", "json", "bad_adapter", ""),
         frameworks.Framework("no_such_framework_here", "", "x", "")))
-    monkeypatch.setattr(cli, "reference_rows", lambda: [])  # the oracle's own rows are tested above
+    monkeypatch.setattr(cli, "reference_rows", lambda full: [])  # the oracle's own rows are tested above
     monkeypatch.setattr(parity, "CASES", (CASE,))
 
 
@@ -157,3 +157,33 @@ def test_reference_rows_are_the_finite_difference_self_check():
     rows = cli.reference_rows()
     assert [row.check for row in rows] == list(cli.REFERENCE_GROUPS)
     assert all(row.status == "PASS" and row.max_rel < 1e-6 for row in rows)
+
+
+def test_representative_cases_cover_every_path():
+    cases = parity.cases(full=False)
+    assert len(cases) == len(parity.REPRESENTATIVE_CASES) < len(parity.CASES)
+    assert {len(case.shape) for case in cases} == {len(case.shape) for case in parity.CASES}
+    statistics = {stat for case in cases for stat in (case.centering_stat, case.scaling_stat)}
+    assert {"mu_c", "sigma_c", "mu_s", "sigma_s"} <= statistics
+    for field in ("affine", "centering", "scaling", "track_running_stats"):
+        assert {getattr(case, field) for case in cases} == {True, False}, field
+    assert {case.momentum for case in cases} == {0.1, None}
+
+
+def test_cli_runs_the_representative_cases_unless_full(monkeypatch):
+    seen = []
+
+    def counting(x, *args, **kwargs):
+        seen.append(x.shape)
+        return faithful(x, *args, **kwargs)
+    monkeypatch.setattr(cli.frameworks, "import_module",
+                        lambda *args: type("Adapter", (), {"run_module": staticmethod(counting),
+                                                           "version": staticmethod(lambda: "1.0")}))
+    framework = frameworks.Framework("numpy", "numpy", "unused", "")
+    for full, expected in ((False, parity.cases(full=False)), (True, parity.CASES)):
+        seen.clear()
+        rows = cli.framework_rows(framework, ("float64",), full)
+        assert len(seen) == len(expected) * len(parity.MODES)
+        assert {row.cases for row in rows if row.check == "forward (train)"} == {len(expected)}
+    assert cli.build_parser().parse_args(["parity", "--full"]).full
+    assert not cli.build_parser().parse_args(["parity"]).full
