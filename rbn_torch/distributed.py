@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .functional import (_CHANNEL_STATISTICS, _channel_coefficients, _fused_moments, _instance_statistic,
-                         _literal_path, _update_running_stats)
+from .functional import (_CHANNEL_STATISTICS, _channel_coefficients, _fused_moments, _input_gradient,
+                         _instance_gradient_sums, _instance_statistic, _literal_path, _update_running_stats)
 from .modules import _RepresentativeBatchNorm
 
 __all__ = ["SyncRepresentativeBatchNorm"]
@@ -262,8 +262,8 @@ class _AllReduceMoments(torch.autograd.Function):
 class _SyncChannelRBN(torch.autograd.Function):
     """The channel-statistics form (``Y = A * (X - mean) + B`` per (n, c)) with merged batch moments.
 
-    As ``functional._ChannelRBN``: one moments pass and one ``addcmul`` forward; backward one
-    reduction pass and one elementwise pass over the big tensor, autograd only on the
+    As ``functional._ChannelRBN`` (and with its helpers): one moments pass and one elementwise
+    pass forward; backward one reduction pass and the input gradient, autograd only on the
     (N, C)-sized coefficient graph, which holds ``_AllReduceMoments`` (its backward is this
     layer's one backward ``all_reduce``). The graph runs on every process, an empty shard's
     included. Double backward is not supported (as ``nn.SyncBatchNorm``).
@@ -272,9 +272,9 @@ class _SyncChannelRBN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, eps, stats, group, *params):
         if x.numel():
-            moments = _fused_moments(x)
+            *moments, centred = _fused_moments(x)
         else:  # an empty shard: no values, but the same coefficient graph, of N = 0 rows
-            moments = [x.new_zeros(x.shape[0], x.shape[1], 1) for _ in range(2)]
+            moments, centred = [x.new_zeros(x.shape[0], x.shape[1], 1) for _ in range(2)], x.clone()
         mean, var = (moment.requires_grad_() for moment in moments)
         params = rbn_reference.Parameters(*(None if p is None else p.detach().requires_grad_(p.requires_grad)
                                             for p in params))
@@ -288,7 +288,7 @@ class _SyncChannelRBN(torch.autograd.Function):
             scale = scale.expand_as(shift)  # per channel only without scaling calibration
         ctx.save_for_backward(x)
         ctx.graph = (scale, shift, mean, var, params)
-        y = torch.addcmul(shift.detach() - scale.detach() * mean.detach(), x, scale.detach())
+        y = torch.addcmul(shift.detach(), centred, scale.detach(), out=centred)
         batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var, count
@@ -312,22 +312,6 @@ class _SyncChannelRBN(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_mean, grad_var = (torch.zeros_like(t) if found[id(t)] is None else found[id(t)] for t in (mean, var))
-            # dX = A dY + P (X - mean) + Q, P = 2 dvar / S, Q = (dmean - A sum dY) / S (as _ChannelRBN).
-            count = x.shape[-1]
-            slope = 2 * grad_var / count
-            grad_x = torch.addcmul((grad_mean - scale_value * grad_shift) / count - slope * mean_value, x, slope)
-            grad_x = grad_x.addcmul_(scale_value, dy)
+            grad_x = _input_gradient(dy, x, mean_value, var.detach(), scale_value, grad_shift, grad_mean, grad_var)
         return (grad_x, None, None, None, *grad_params)
 
-
-def _instance_gradient_sums(dy, x, mean):
-    """Per-(n, c) ``sum dY * (X - mean)`` and ``sum dY`` of (N, C, S) tensors in one pass.
-
-    BatchNorm's backward kernel over the (1, N*C, S) view with unit invstd returns them as
-    grad_weight and grad_bias (as in ``functional._ChannelRBN``).
-    """
-    rows = mean.numel()
-    _, grad_scale, grad_shift = torch.ops.aten.native_batch_norm_backward(
-        dy.reshape(1, rows, -1), x.reshape(1, rows, -1), None, None, None, mean.reshape(rows),
-        torch.ones(rows, dtype=x.dtype, device=x.device), True, 0.0, [False, True, True])
-    return grad_scale.view_as(mean), grad_shift.view_as(mean)

@@ -105,11 +105,11 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         tracing = _is_tracing()
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
         if not needs_grad and not tracing:
-            y, batch_mean, batch_var = _channel_path(x, params, running, options, _fused_moments)
+            y, batch_mean, batch_var = _channel_path(x, params, running, options, fused=True)
         elif use_batch_stats and not tracing:
             y, batch_mean, batch_var = _ChannelRBN.apply(x, running, options, *params)
         else:
-            y, batch_mean, batch_var = _channel_path(x, params, running, options, _instance_moments)
+            y, batch_mean, batch_var = _channel_path(x, params, running, options, fused=False)
     else:
         y, batch_mean, batch_var = _literal_path(x, params, running, options)
 
@@ -218,14 +218,19 @@ def _channel_coefficients(mean, var, params, running, options):
     return scale, shift, batch_mean, batch_var
 
 
-def _channel_path(x, params, running, options, moments):
-    """``Y = A * X + (B - A * mean)`` per (n, c): one moments pass and one elementwise pass.
+def _channel_path(x, params, running, options, fused):
+    """``Y = A * (X - mean) + B`` per (n, c): a moments pass and one elementwise pass.
 
-    ``moments``: ``_instance_moments`` (differentiable, traceable) or ``_fused_moments``.
+    ``fused``: eager without autograd, ``_fused_moments``, whose ``X - mean`` becomes ``Y`` in
+    place; otherwise plain ops, differentiable to any order and traceable.
     """
-    mean, var = moments(x)
+    if fused:
+        mean, var, centred = _fused_moments(x)
+    else:
+        mean, var = _instance_moments(x)
     scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options)
-    return torch.addcmul(shift - scale * mean, x, scale), batch_mean.detach(), batch_var.detach()
+    y = torch.addcmul(shift, centred, scale, out=centred) if fused else torch.addcmul(shift - scale * mean, x, scale)
+    return y, batch_mean.detach(), batch_var.detach()
 
 
 def _instance_moments(x):
@@ -265,12 +270,13 @@ def _is_tracing():
 class _ChannelRBN(torch.autograd.Function):
     """The channel-statistics form with a hand-written backward over the big tensor (training).
 
-    Forward: BatchNorm's moments kernel and one ``addcmul``, as ATen's CPU BatchNorm does.
-    Backward: one fused reduction pass (BatchNorm's backward kernel gives sum dY and
-    sum dY * (X - mean) per (n, c)) and two elementwise passes for dX. Only the (N, C)-sized
-    coefficient graph is differentiated by autograd (it is kept in ``ctx``). It saves the
-    input and per-(n, c) vectors, as BatchNorm does. Double backward (``create_graph=True``)
-    differentiates the plain-op form instead, recomputed from the saved input.
+    Forward: a two-pass moments reduction (``_fused_moments``) whose ``X - mean`` becomes ``Y``
+    in place (one ``addcmul``). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY and
+    sum dY * (X - mean) per (n, c)) and one elementwise pass plus one in-place pass for dX
+    (``_input_gradient``). Only the (N, C)-sized coefficient graph is differentiated by
+    autograd (it is kept in ``ctx``). It saves the input and per-(n, c) vectors, as BatchNorm
+    does. Double backward (``create_graph=True``) differentiates the plain-op form instead,
+    recomputed from the saved input.
 
     ``apply(x, running, options, *params)``: the five ``Parameters`` go positionally, so that
     autograd sees them as inputs.
@@ -278,7 +284,8 @@ class _ChannelRBN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, running, options, *params):
-        leaves = [moment.requires_grad_() for moment in _fused_moments(x)]
+        *moments, centred = _fused_moments(x)
+        leaves = [moment.requires_grad_() for moment in moments]
         leaves += [None if p is None else p.detach().requires_grad_(p.requires_grad) for p in params]
         with torch.enable_grad():
             scale, shift, batch_mean, batch_var = _channel_coefficients(
@@ -287,8 +294,7 @@ class _ChannelRBN(torch.autograd.Function):
         ctx.save_for_backward(x, *params)
         ctx.graph = (scale, shift, leaves)
         ctx.config = (running, options)
-        scale_value, mean_value = scale.detach(), leaves[0].detach()
-        y = torch.addcmul(shift.detach() - scale_value * mean_value, x, scale_value)
+        y = torch.addcmul(shift.detach(), centred, scale.detach(), out=centred)
         batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
@@ -300,19 +306,13 @@ class _ChannelRBN(torch.autograd.Function):
         needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-op form
             wanted = [t for t, need in zip((x, *params), needs) if need]
-            y = _channel_path(x, Parameters(*params), running, options, _instance_moments)[0]
+            y = _channel_path(x, Parameters(*params), running, options, fused=False)[0]
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
             return (grad_x, None, None, *grad_params)
         scale, shift, leaves = ctx.graph
-        mean = leaves[0].detach()
-        # BatchNorm's backward over (1, N*C, S) with unit invstd returns sum dY * (X - mean)
-        # as grad_weight and sum dY as grad_bias, per (n, c), in one pass.
-        rows = mean.numel()
-        _, grad_scale, grad_shift = torch.ops.aten.native_batch_norm_backward(
-            dy.reshape(1, rows, -1), x.reshape(1, rows, -1), None, None, None, mean.reshape(rows),
-            torch.ones(rows, dtype=x.dtype, device=x.device), True, 0.0, [False, True, True])
-        grad_scale, grad_shift = grad_scale.view_as(mean), grad_shift.view_as(mean)
+        mean, var = (leaf.detach() for leaf in leaves[:2])
+        grad_scale, grad_shift = _instance_gradient_sums(dy, x, mean)
         # Without affine and scaling, the scale is a constant of the small graph.
         outputs, grad_outputs = zip(*[(out, grad) for out, grad in ((scale, grad_scale), (shift, grad_shift))
                                       if out.requires_grad])
@@ -325,27 +325,73 @@ class _ChannelRBN(torch.autograd.Function):
             return (None, None, None, *grad_params)
         grad_mean, grad_var = (torch.zeros_like(leaf) if found[id(leaf)] is None else found[id(leaf)]
                                for leaf in leaves[:2])
-        # dX = A dY + P (X - mean) + Q with P = 2 dvar / S, Q = (dmean - A sum dY) / S
-        # (-A sum dY is Y's own -mean); as BatchNorm's kernel, P X + (Q - P mean) in one pass.
-        # That form loses eps * |P mean| to cancellation, against terms of size |P| std: where an
-        # instance's mean is far beyond its spread (no spatial dims: std 0) X - mean goes first.
-        count = x.shape[-1]
-        scale = scale.detach()
-        slope = 2 * grad_var / count
-        offset = (grad_mean - scale * grad_shift) / count
-        if bool((mean.abs() > _CANCELLATION_RATIO * leaves[1].detach().sqrt()).any()):
-            grad_x = torch.addcmul(offset, x - mean, slope)
-        else:
-            grad_x = torch.addcmul(offset - slope * mean, x, slope)
-        return (grad_x.addcmul_(scale, dy), None, None, *grad_params)
+        grad_x = _input_gradient(dy, x, mean, var, scale.detach(), grad_shift, grad_mean, grad_var)
+        return (grad_x, None, None, *grad_params)
 
 
 def _fused_moments(x):
-    """Per-(n, c) mean and biased variance of x (N, C, S) by ATen's BatchNorm kernel, no autograd.
+    """Per-(n, c) mean and biased variance of x (N, C, S), and ``x - mean``; eager, no autograd.
 
-    Over the (1, N*C, S) view the BatchNorm statistics kernel is a vectorised two-pass; the
-    eager ``var_mean`` kernel measured several times slower here. Eager only: exporters do not
-    know ``batch_norm_update_stats``.
+    Two passes, stable: the mean by ``sum`` (pairwise), then the squared norm of ``x - mean``,
+    whose buffer the caller turns into the output in place (no allocation beyond BatchNorm's).
+    These kernels are vectorised; BatchNorm's statistics kernel (``batch_norm_update_stats``,
+    scalar loops in float64) measured 2.5x slower on CPU here, ``var_mean`` (Welford) 8x.
     """
-    mean, var = torch.batch_norm_update_stats(x.reshape(1, -1, x.shape[-1]), None, None, 0.0)
-    return mean.view(*x.shape[:2], 1), var.view(*x.shape[:2], 1)
+    count = x.shape[-1]
+    mean = x.sum(-1, keepdim=True).div_(count)
+    centred = torch.sub(x, mean)
+    var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(count)
+    return mean, var, centred
+
+
+def _affine(x, scale, shift, mean):
+    """``scale * (x - mean) + shift`` per (n, c) of x (N, C, S) in one vectorised pass, into a new tensor.
+
+    BatchNorm's inference kernel over the (1, N*C, S) view, with unit variance and eps 0,
+    computes ``x * scale + (shift - mean * scale)``: what ``addcmul`` would, but ``addcmul``
+    with two broadcast (n, c) operands runs a scalar loop on CPU. ``scale``, ``shift``, ``mean``
+    broadcast to (N, C, 1).
+    """
+    rows = x.shape[0] * x.shape[1]
+
+    def per_row(vector):
+        return vector.expand(*x.shape[:2], 1).reshape(rows)
+
+    unit = torch.ones(rows, dtype=x.dtype, device=x.device)
+    y = torch.native_batch_norm(x.reshape(1, rows, x.shape[-1]), per_row(scale), per_row(shift), per_row(mean),
+                                unit, False, 0.0, 0.0)[0]
+    return y.view(x.shape)
+
+
+def _instance_gradient_sums(dy, x, mean):
+    """Per-(n, c) ``sum dY * (X - mean)`` and ``sum dY`` of (N, C, S) tensors in one pass.
+
+    BatchNorm's backward kernel over the (1, N*C, S) view with unit invstd returns them as
+    grad_weight and grad_bias. Returns them shaped as ``mean``.
+    """
+    rows = mean.numel()
+    _, grad_scale, grad_shift = torch.ops.aten.native_batch_norm_backward(
+        dy.reshape(1, rows, -1), x.reshape(1, rows, -1), None, None, None, mean.reshape(rows),
+        torch.ones(rows, dtype=x.dtype, device=x.device), True, 0.0, [False, True, True])
+    return grad_scale.view_as(mean), grad_shift.view_as(mean)
+
+
+def _input_gradient(dy, x, mean, var, scale, grad_shift, grad_mean, grad_var):
+    """dX of ``Y = A * (X - mean) + B`` per (n, c) of x (N, C, S), given the coefficient graph's gradients.
+
+    ``mean``, ``var``: the instances' moments; ``scale``: ``A``; ``grad_shift``: sum dY;
+    ``grad_mean``, ``grad_var``: dL/dmean, dL/dvar through the coefficients, all (N, C, 1).
+    dX = A dY + P (X - mean) + Q with P = 2 dvar / S, Q = (dmean - A sum dY) / S (-A sum dY is
+    Y's own -mean): one vectorised pass for P (X - mean) + Q, one in place adding A dY.
+    """
+    count = x.shape[-1]
+    slope = 2 * grad_var / count
+    offset = (grad_mean - scale * grad_shift) / count
+    # As BatchNorm's kernel, ``_affine`` computes P X + (Q - P mean), which loses eps * |P mean| to
+    # cancellation against terms of size |P| std: where an instance's mean is far beyond its
+    # spread (no spatial dims: std 0) X - mean goes first.
+    if bool((mean.square() > _CANCELLATION_RATIO**2 * var).any()):
+        grad_x = torch.addcmul(offset, x - mean, slope)
+    else:
+        grad_x = _affine(x, slope, offset, mean)
+    return grad_x.addcmul_(scale, dy)
