@@ -5,7 +5,9 @@ whole batch (issue 15), in PyNative and GRAPH_MODE.
 One launch (a scheduler and two workers, bounded by a timeout) runs every scenario: even shards
 (4 + 4), uneven ones (3 + 5), an empty rank (0 + 8), process groups, and an RBN resnet18 converted
 with ``convert_sync_batchnorm`` under MindSpore's data parallel (``TrainOneStepCell`` with its
-gradient mean) for 3 steps. The tests compare what each rank saved with one process here.
+gradient mean) for 3 SGD steps. The tests compare what each rank saved with one process here.
+GRAPH_MODE runs the scenarios whose processes' graphs differ (uneven shards, an empty rank): there
+the collectives must still run in one order on every process.
 
 Gradient convention of the layer scenarios: each rank differentiates its share of the
 single-process loss (``sum(Y * dY)`` over its rows); the data-parallel average of the ranks'
@@ -25,7 +27,10 @@ import pytest
 ms = pytest.importorskip("mindspore")
 
 from mindspore import Tensor, nn  # noqa: E402
+from rbn import checkpoint  # noqa: E402
 from rbn_reference import parity  # noqa: E402
+from rbn_reference.parity import assert_checks  # noqa: E402
+from test_models_parity import checks_against_float64  # noqa: E402
 from tolerances import tolerance  # noqa: E402
 
 from rbn_mindspore import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, SyncRepresentativeBatchNorm,  # noqa: E402
@@ -39,11 +44,12 @@ CASES = {"mu_c-sigma_c-even": ("mu_c", "sigma_c", 4), "sigma_s-mu_s-even": ("sig
          "mu_s-mu_c-empty": ("mu_s", "mu_c", 0)}  # rank 0 takes the first n of 8 samples
 SHAPE = (8, 3, 4, 5)
 RESNET_SHAPE = (8, 3, 32, 32)
+GRAPH_CASES = ("mu_c-mu_c-uneven", "mu_c-sigma_c-empty", "mu_s-mu_c-empty")
 RESNET_STEPS = 3
 RESNET_LR = 0.1
 
 WORKER = textwrap.dedent("""
-    import os, sys, numpy as np, mindspore as ms
+    import os, pathlib, sys, numpy as np, mindspore as ms
     from mindspore import nn
     from mindspore.communication import init, get_rank
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -68,7 +74,8 @@ WORKER = textwrap.dedent("""
         result.update({"grad." + names[id(w)]: g.asnumpy() for w, g in zip(weights, grads)})
         return result
 
-    for mode, case in [(mode, case) for mode in ("pynative", "graph") for case in sys.argv[2:]]:
+    for item in sys.argv[2:]:
+        mode, case = item.split("/")
         ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
         centering_stat, scaling_stat, first = case.split(":")
         rows = slice(0, int(first)) if rank == 0 else slice(int(first), None)
@@ -83,14 +90,14 @@ WORKER = textwrap.dedent("""
     try:
         SyncRepresentativeBatchNorm(3, process_groups=[[0, 2]])
     except ValueError as error:
-        (pathlib := __import__("pathlib")).Path(f"{out}/groups_error_{rank}.txt").write_text(str(error))
+        pathlib.Path(f"{out}/groups_error_{rank}.txt").write_text(str(error))
 
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     net = models.resnet18(num_classes=10)
     load_numpy_state_dict(net, {k[7:]: data[k] for k in data.files if k.startswith("resnet.")})
     net = SyncRepresentativeBatchNorm.convert_sync_batchnorm(net).set_train()
     step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
-                               nn.Momentum(net.trainable_params(), float(data["lr"]), 0.9))
+                               nn.SGD(net.trainable_params(), float(data["lr"])))
     half = len(data["images"][0]) // 2
     for images, labels in zip(data["images"], data["labels"]):
         step(ms.Tensor(images[rank * half:(rank + 1) * half]), ms.Tensor(labels[rank * half:(rank + 1) * half]))
@@ -136,12 +143,12 @@ def layer_reference(params, x, dy, centering_stat, scaling_stat):
 
 
 def resnet_run(initial, images, labels, lr):
-    """``RESNET_STEPS`` Momentum steps of an RBN resnet18 on the whole batch, one process; the state after."""
+    """``RESNET_STEPS`` SGD steps of an RBN resnet18 on the whole batch, one process; the state after."""
     net = models.resnet18(num_classes=10)
     load_numpy_state_dict(net, initial)
     net.set_train()
     step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
-                               nn.Momentum(net.trainable_params(), lr, 0.9))
+                               nn.SGD(net.trainable_params(), lr))
     for x, y in zip(images, labels):
         step(Tensor(x), Tensor(y))
     return state_dict_to_numpy(net)
@@ -173,7 +180,8 @@ def ranks_dir(tmp_path_factory, inputs):
     script.write_text(WORKER)
     env = dict(os.environ, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(free_port()), MS_WORKER_NUM=str(WORLD_SIZE),
                PYTHONPATH=str(ROOT))
-    cases = [f"{c}:{s}:{n}" for c, s, n in CASES.values()]
+    cases = [f"{mode}/{':'.join(map(str, CASES[case]))}" for mode in ("pynative", "graph")
+             for case in (CASES if mode == "pynative" else GRAPH_CASES)]
     roles = [("MS_SCHED", None)] + [("MS_WORKER", str(rank)) for rank in range(WORLD_SIZE)]
     processes = []
     for role, node in roles:
@@ -212,8 +220,7 @@ def assert_ranks_equal_whole(ranks, want, rows):
         assert rank["num_batches_tracked"] == want["num_batches_tracked"] == 1
 
 
-@pytest.mark.parametrize("mode", ["pynative", "graph"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode, case", [("pynative", case) for case in CASES] + [("graph", case) for case in GRAPH_CASES])
 def test_two_processes_equal_one_process(ranks_dir, inputs, case, mode):
     params, data, _ = inputs
     centering_stat, scaling_stat, first = CASES[case]
@@ -243,16 +250,31 @@ def test_process_groups(ranks_dir, inputs):
 
 
 def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs):
-    """3 Momentum steps: the parameters' updates and the moving statistics of every rank."""
+    """3 SGD steps: every rank's parameter updates and moving statistics, against the exact ones.
+
+    A float32 resnet18's train-mode gradients are ill-conditioned (BatchNorm's backward at 8
+    values per channel in layer4; 3 steps amplify it): one process in float32 is already up to
+    ~1e-2 away from float64 (see ``tolerances.peer_tolerance``). So, as the zoo's SGD test does,
+    the exact answer is PyTorch's float64 network with the same weights and batches, and the
+    data-parallel run must be as close to it as one MindSpore process with the whole batch is.
+    """
     _, data, initial = inputs
-    want = resnet_run(initial, data["images"], data["labels"], RESNET_LR)
+    peer = resnet_run(initial, data["images"], data["labels"], RESNET_LR)
+    porting = checkpoint.adapter("torch")
+    exact = checkpoint.build("torch", "resnet18", 10).double()
+    porting.load_numpy_state_dict(exact, initial)
+    for images, labels in zip(data["images"], data["labels"]):
+        porting.sgd_step(exact, images.astype(np.float64), labels.astype(np.int64), RESNET_LR)
+    exact = porting.state_dict_to_numpy(exact)
+
+    def update(state):
+        return {name: state[name] - initial[name] for name in state if not name.endswith("num_batches_tracked")}
+
+    checks = []
     for rank, got in enumerate(load_ranks(ranks_dir, "resnet")):
-        assert got.keys() == want.keys()
-        for name, value in want.items():
-            if name.endswith("num_batches_tracked"):
-                assert got[name] == value == RESNET_STEPS, name
-            else:
-                assert_close(f"rank {rank} {name}", got[name] - initial[name], value - initial[name])
+        assert all(got[name] == RESNET_STEPS for name in got if name.endswith("num_batches_tracked"))
+        checks += checks_against_float64(f"rank {rank} update", update(got), update(exact), update(peer))
+    assert_checks(checks)
 
 
 def test_one_process_is_the_local_layer():
