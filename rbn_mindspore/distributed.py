@@ -132,7 +132,8 @@ class SyncRepresentativeBatchNorm(_RepresentativeBatchNorm):
         Examples:
             >>> import mindspore as ms
             >>> from rbn_mindspore import RepresentativeBatchNorm2d, SyncRepresentativeBatchNorm
-            >>> net = ms.nn.SequentialCell([ms.nn.Conv2d(3, 4, 3), RepresentativeBatchNorm2d(4, scaling_stat="sigma_c")])
+            >>> net = ms.nn.SequentialCell([ms.nn.Conv2d(3, 4, 3),
+            ...                             RepresentativeBatchNorm2d(4, scaling_stat="sigma_c")])
             >>> net = SyncRepresentativeBatchNorm.convert_sync_batchnorm(net)
             >>> type(net[1]).__name__, net[1].scaling_stat, net[1].gamma.name
             ('SyncRepresentativeBatchNorm', 'sigma_c', '1.gamma')

@@ -33,8 +33,9 @@ from rbn_reference.parity import assert_checks  # noqa: E402
 from test_models_parity import checks_against_float64  # noqa: E402
 from tolerances import tolerance  # noqa: E402
 
-from rbn_mindspore import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, SyncRepresentativeBatchNorm,  # noqa: E402
-                           canonical_parameters, load_numpy_state_dict, models, state_dict_to_numpy)
+from rbn_mindspore import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d,  # noqa: E402
+                           SyncRepresentativeBatchNorm, canonical_parameters, load_numpy_state_dict, models,
+                           state_dict_to_numpy)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
@@ -70,7 +71,8 @@ WORKER = textwrap.dedent("""
         (_, y), (dx, grads) = ms.value_and_grad(objective, 0, weights, has_aux=True)(x)
         names = {id(p): n for n, p in canonical_parameters(layer).items()}
         result = {"y": y.asnumpy(), "dx": dx.asnumpy(), "running_mean": layer.moving_mean.asnumpy(),
-                  "running_var": layer.moving_variance.asnumpy(), "num_batches_tracked": layer.num_batches_tracked.asnumpy()}
+                  "running_var": layer.moving_variance.asnumpy(),
+                  "num_batches_tracked": layer.num_batches_tracked.asnumpy()}
         result.update({"grad." + names[id(w)]: g.asnumpy() for w, g in zip(weights, grads)})
         return result
 
@@ -220,7 +222,8 @@ def assert_ranks_equal_whole(ranks, want, rows):
         assert rank["num_batches_tracked"] == want["num_batches_tracked"] == 1
 
 
-@pytest.mark.parametrize("mode, case", [("pynative", case) for case in CASES] + [("graph", case) for case in GRAPH_CASES])
+@pytest.mark.parametrize("mode, case",
+                         [("pynative", case) for case in CASES] + [("graph", case) for case in GRAPH_CASES])
 def test_two_processes_equal_one_process(ranks_dir, inputs, case, mode):
     params, data, _ = inputs
     centering_stat, scaling_stat, first = CASES[case]
@@ -296,7 +299,8 @@ def test_process_groups_are_checked():
 
 def test_convert_sync_batchnorm_keeps_everything():
     net = nn.SequentialCell([
-        nn.Conv2d(3, 4, 3, pad_mode="valid"), RepresentativeBatchNorm2d(4, eps=1e-3, momentum=None, scaling_stat="sigma_c"),
+        nn.Conv2d(3, 4, 3, pad_mode="valid"),
+        RepresentativeBatchNorm2d(4, eps=1e-3, momentum=None, scaling_stat="sigma_c"),
         nn.SequentialCell([nn.Flatten(), RepresentativeBatchNorm1d(4 * 3 * 3, affine=False, centering=False,
                                                                    use_batch_statistics=True)]),
         nn.BatchNorm1d(36)])
