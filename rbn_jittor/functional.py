@@ -69,8 +69,9 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         eps (float): added to the variances. Default: 1e-5.
         centering_stat (str): K_m: ``"mu_c"``, ``"sigma_c"``, ``"mu_s"`` or ``"sigma_s"``. Default: ``"mu_c"``.
         scaling_stat (str): K_s, the same four. Default: ``"mu_c"``.
-        sync (bool): under ``mpirun`` (``jt.in_mpi``), average the batch moments over the
-            processes, which must all hold the same batch size. Default: False.
+        sync (bool): under ``mpirun`` (``jt.in_mpi``), take the batch moments over the union of
+            the processes' batches, each weighted by its size (sizes may differ; every process
+            needs at least one sample, else all of them raise ``ValueError``). Default: False.
 
     Shape:
         - Input: (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
@@ -103,10 +104,10 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
 
 def _normalize(x, running_mean, running_var, params, options, training, momentum, sync):
     """:func:`representative_batch_norm` on checked arguments, in ``x``'s dtype."""
+    batch_statistics = training or running_mean is None
+    share, count = _process_share(x, sync and batch_statistics)
     if x.numel() == 0:
         return _empty_batch(x, params)
-    batch_statistics = training or running_mean is None
-    world_size = jt.world_size if sync and jt.in_mpi else 1
     running = None if batch_statistics else (running_mean, running_var)
     # A calibration that is off has no statistic; "mu_c" keeps it on the channel path.
     path_options = options._replace(
@@ -117,9 +118,8 @@ def _normalize(x, running_mean, running_var, params, options, training, momentum
     # so a NaN or Inf stays in its element, as with jittor.nn.BatchNorm.
     elementwise = running is not None and params.center_weight is None and params.scale_weight is None
     path = _channel_path if channel and not elementwise else _literal_path
-    y, mean, var = path(x, params, running, path_options, world_size > 1)
+    y, mean, var = path(x, params, running, path_options, share)
     if training and running_mean is not None:
-        count = x.numel() // x.shape[1] * world_size
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
 
@@ -318,5 +318,28 @@ def _mean(x, dims, keepdims=False):
     return x.sum(dims, keepdims=keepdims) / math.prod(x.shape[dim] for dim in dims)
 
 
-def _mean_over_processes(value, sync):
-    return value.mpi_all_reduce("mean") if sync else value
+def _process_share(input, sync):
+    """(this process's share of the values per channel, their number over the MPI processes), or
+    (None, the local number) without ``sync``, outside ``mpirun`` or with one process.
+
+    One ``mpi_all_reduce`` of every process's count, which every process joins first: Jittor's
+    all-reduce (forward and backward) hangs unless every process joins it, and a process without
+    samples has no moments to send, so when one is empty all of them raise here, together.
+    """
+    count = input.numel() // input.shape[1]
+    if not (sync and jt.in_mpi and jt.world_size > 1):
+        return None, count
+    counts = np.zeros(jt.world_size)
+    counts[jt.rank] = count
+    with jt.flag_scope(auto_convert_64_to_32=0):
+        counts = jt.array(counts).mpi_all_reduce("add").numpy()
+    if not counts.all():
+        raise ValueError(f"sync=True under MPI needs at least one sample on every process (got batches of "
+                         f"{counts.astype(int).tolist()} values per channel on ranks 0..{jt.world_size - 1})")
+    return count / counts.sum(), int(counts.sum())
+
+
+def _mean_over_processes(value, share):
+    """The mean over the processes' batches of a per-process mean ``value``, weighted by each
+    process's ``share`` of the values (:func:`_process_share`); ``value`` itself when None."""
+    return value if share is None else (value * _constant(share, value.dtype)).mpi_all_reduce("add")

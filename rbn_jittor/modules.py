@@ -28,8 +28,9 @@ _ARGS = """
             None is PyTorch's cumulative average. Default: 0.1.
         affine (bool): learn gamma (``weight``) and beta (``bias``). Default: True.
         is_train (bool): start in training mode. Default: True.
-        sync (bool): under ``mpirun``, average the batch moments over the processes (each
-            holding the same batch size). Default: True, as ``jittor.nn.BatchNorm``.
+        sync (bool): under ``mpirun``, the batch moments of the union of the processes' batches,
+            weighted by their sizes (every process needs a sample). Default: True, as
+            ``jittor.nn.BatchNorm``.
         track_running_stats (bool): keep running statistics; without them batch statistics
             are used in eval mode too. Keyword-only. Default: True.
         centering (bool): learn w_m, the centering calibration. Keyword-only. Default: True.

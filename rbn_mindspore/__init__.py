@@ -4,8 +4,8 @@ from rbn.frameworks import lazy_submodules
 
 from . import functional
 from .convert import convert_bn_to_rbn
-from .modules import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d,
-                      SyncRepresentativeBatchNorm)
+from .distributed import SyncRepresentativeBatchNorm
+from .modules import RepresentativeBatchNorm1d, RepresentativeBatchNorm2d, RepresentativeBatchNorm3d
 from .state_dict import canonical_parameters, load_checkpoint, load_numpy_state_dict, state_dict_to_numpy
 
 __all__ = ["RepresentativeBatchNorm1d", "RepresentativeBatchNorm2d", "RepresentativeBatchNorm3d",

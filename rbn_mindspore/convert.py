@@ -60,8 +60,21 @@ def convert_bn_to_rbn(cell, *, predicate=None, preserve_output=True, **rbn_kwarg
         >>> bool(np.allclose(net(x).asnumpy(), before, atol=1e-5))
         True
     """
-    replaced = _convert(cell, "", predicate, preserve_output, rbn_kwargs)
-    if replaced is not None:
+    def replacement(name, layer):
+        if type(layer) in RBN_FOR_BN:
+            return _rbn_from_bn(layer, preserve_output, rbn_kwargs) if predicate is None or predicate(name, layer) \
+                else layer
+        return None
+
+    return replace_cells(cell, replacement)
+
+
+def replace_cells(cell, replacement):
+    """`cell` with every sub-Cell for which ``replacement(dotted name, cell)`` is not None replaced
+    by what it returns (not descending into it), or that replacement if `cell` itself has one.
+    The shared walk of ``convert_bn_to_rbn`` and ``SyncRepresentativeBatchNorm.convert_sync_batchnorm``."""
+    replaced = _replace(cell, "", replacement)
+    if replaced is not None and replaced is not cell:
         return replaced
     # A Cell set as an attribute only gets its attribute name as a prefix ("bn1.gamma"): give
     # every Parameter its full dotted path, as a network built in one go has (checkpoints use it).
@@ -70,26 +83,24 @@ def convert_bn_to_rbn(cell, *, predicate=None, preserve_output=True, **rbn_kwarg
     return cell
 
 
-def _convert(cell, name, predicate, preserve_output, rbn_kwargs):
-    """The replacement of ``cell`` if it is a BatchNorm to convert, else None (children converted)."""
-    if type(cell) in RBN_FOR_BN:
-        if predicate is None or predicate(name, cell):
-            return _rbn_from_bn(cell, preserve_output, rbn_kwargs)
-        return None
+def _replace(cell, name, replacement):
+    """The replacement of ``cell``, else None (its children replaced in place)."""
+    new = replacement(name, cell)
+    if new is not None:
+        return new
     children = list(cell.name_cells().items())
     for position, (child_name, child) in enumerate(children):
-        replacement = _convert(child, f"{name}.{child_name}" if name else child_name, predicate,
-                               preserve_output, rbn_kwargs)
-        if replacement is None:
+        new = _replace(child, f"{name}.{child_name}" if name else child_name, replacement)
+        if new is None or new is child:
             continue
         # Containers run their own list of cells (SequentialCell.cell_list), which setattr
         # would leave pointing at the old BatchNorm: go through their __setitem__.
         if isinstance(cell, (nn.SequentialCell, nn.CellList)):
-            cell[position] = replacement
+            cell[position] = new
         elif isinstance(cell, nn.CellDict):
-            cell[child_name] = replacement
+            cell[child_name] = new
         else:
-            setattr(cell, child_name, replacement)
+            setattr(cell, child_name, new)
     return None
 
 

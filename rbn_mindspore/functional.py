@@ -126,24 +126,32 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     """
     _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
                      training, momentum, centering_stat, scaling_stat, num_batches_tracked)
-    if input.shape[0] == 0:
+    group = group if training else None
+    empty_shard = input.shape[0] == 0
+    if empty_shard and group is None:
         # F.batch_norm's answer: an empty output, statistics untouched. (MindSpore's BatchNorm
         # decays its moving variance in PyNative and writes stale values in Graph mode.)
         return ops.zeros_like(input)
     x = input.astype(mstype.float32) if input.dtype in _HALF_TYPES else input
+    if empty_shard:
+        # An empty shard still joins every collective (forward and backward), with count 0, or
+        # the other processes wait for it forever. It runs the same code on a stand-in of one
+        # zero instance whose contributions are multiplied by 0: MindSpore's CPU reductions over
+        # an empty tensor return uninitialised memory (and so do their broadcast gradients).
+        x = ops.depend(ops.zeros((1,) + x.shape[1:], x.dtype), x)
     params = (weight, bias, center_weight, scale_weight, scale_bias)  # rbn_reference.Parameters' order
     # rbn_reference.Options' order; a calibration that is off has no statistic to compute.
     options = (eps, centering_stat if center_weight is not None else "mu_c",
                scaling_stat if scale_weight is not None else "mu_c")
-    group = group if training else None
-    if _channel_statistics_only(center_weight, scale_weight, centering_stat, scaling_stat):
-        y, batch_mean, batch_var = _channel_path(x, params, running_mean, running_var, training, options, group)
-    else:
-        y, batch_mean, batch_var = _literal_path(x, params, running_mean, running_var, training, options, group)
+    path = _channel_path if _channel_statistics_only(center_weight, scale_weight, centering_stat,
+                                                     scaling_stat) else _literal_path
+    y, batch_mean, batch_var, count = path(x, params, running_mean, running_var, training, options, group,
+                                           empty_shard)
+    if empty_shard:
+        y = _EMPTY_SHARD(y)
     if training and running_mean is not None:
-        count = x.size // x.shape[1]
-        if group is not None:  # the unbiased variance of the union of the batches
-            count = _all_reduce(group)(Tensor(count, x.dtype))
+        if group is None:  # else the count of the union of the batches, for its unbiased variance
+            count = x.size // x.shape[1]
         _update_running_stats(running_mean, running_var, num_batches_tracked, ops.stop_gradient(batch_mean),
                               ops.stop_gradient(batch_var), count, momentum)
     return y.astype(input.dtype) if input.dtype in _HALF_TYPES else y
@@ -202,8 +210,10 @@ def _instance_statistic(statistic, x, eps):
                     else ops.zeros_like(x) + eps)
 
 
-def _literal_path(x, params, running_mean, running_var, training, options, group=None):
-    """Eq. 12 step by step (any statistic); returns (y, batch mean, batch biased var)."""
+def _literal_path(x, params, running_mean, running_var, training, options, group=None, empty_shard=False):
+    """Eq. 12 step by step (any statistic); returns (y, batch mean, batch biased var, the number of
+    values per channel over the `group`, None without one). With a `group`, ``empty_shard`` means
+    that ``x`` stands in for an empty batch: it adds nothing."""
     weight, bias, center_weight, scale_weight, scale_bias = params
     eps, centering_stat, scaling_stat = options
     ndim = x.ndim
@@ -211,11 +221,13 @@ def _literal_path(x, params, running_mean, running_var, training, options, group
     if center_weight is not None:
         x_cm = x + _per_channel(center_weight, ndim) * _instance_statistic(centering_stat, x, eps)
     batch_axes = (0,) + tuple(range(2, ndim))
+    count = None
     if training and group is not None:
-        all_reduce = _all_reduce(group)
-        count = all_reduce(Tensor(x.size // x.shape[1], x.dtype))
-        mean = all_reduce(x_cm.sum(axis=batch_axes)) / count
-        var = all_reduce(ops.square(x_cm - _per_channel(mean, ndim)).sum(axis=batch_axes)) / count
+        def spread_about(mean):
+            return ops.square(x_cm - _per_channel(mean, ndim)).sum(axis=batch_axes)
+
+        mean, var, count = _merged_moments(group, empty_shard, x_cm.sum(axis=batch_axes), x.size // x.shape[1],
+                                           spread_about)
     elif training:
         mean = x_cm.mean(axis=batch_axes)
         var = ops.square(x_cm - _per_channel(mean, ndim)).mean(axis=batch_axes)
@@ -227,7 +239,7 @@ def _literal_path(x, params, running_mean, running_var, training, options, group
         x_s = x_s * ops.sigmoid(_per_channel(scale_weight, ndim) * k_s + _per_channel(scale_bias, ndim))
     if weight is not None:
         x_s = x_s * _per_channel(weight, ndim) + _per_channel(bias, ndim)
-    return x_s, mean, var
+    return x_s, mean, var, count
 
 
 def _channel_coefficients(mean, var, weight, bias, center_weight, scale_weight, scale_bias, running_mean,
@@ -241,13 +253,13 @@ def _channel_coefficients(mean, var, weight, bias, center_weight, scale_weight, 
     instance mean of X_s (variance ``var * inv_std^2``), so ``A = gamma * gate * inv_std`` and
     ``B = gamma * gate * ms + beta``. Off parts come in neutral (w_m = 0, gamma = 1, beta = 0);
     ``scaling_statistic`` None means no scaling calibration. Returns (A, B, batch mean, batch
-    biased var) with the batch ones (C,).
+    biased var, number of instances) with the batch ones (C,) and the number a scalar.
 
     The choices come in as functions, not flags: in a Graph-mode ``bprop``, the gradient of a
     function with an ``if`` on a constant fails to compile ("The func graph is empty").
     """
     instance_mean = mean + center_weight * centering_statistic(mean, var, eps)
-    batch_mean, batch_var = batch_moments(instance_mean, var, running_mean, running_var)
+    batch_mean, batch_var, instances = batch_moments(instance_mean, var, running_mean, running_var)
     inv_std = ops.rsqrt(batch_var + eps)
     standardized_mean = (instance_mean - batch_mean) * inv_std
     scale = weight
@@ -256,21 +268,23 @@ def _channel_coefficients(mean, var, weight, bias, center_weight, scale_weight, 
         scale = weight * ops.sigmoid(scale_weight * k_s + scale_bias)
     # Without the scaling gate A is per channel: broadcast, the passes take one value per instance.
     a = ops.broadcast_to(scale * inv_std, mean.shape)
-    return a, scale * standardized_mean + bias, batch_mean, batch_var
+    return a, scale * standardized_mean + bias, batch_mean, batch_var, instances
 
 
-def _channel_path(x, params, running_mean, running_var, training, options, group=None):
-    """Eq. 12 as ``Y = A * (X - mean) + B`` per instance; returns (y, batch mean, batch var)."""
+def _channel_path(x, params, running_mean, running_var, training, options, group=None, empty_shard=False):
+    """Eq. 12 as ``Y = A * (X - mean) + B`` per instance; returns (y, batch mean, batch var).
+    ``empty_shard`` as in :func:`_literal_path`."""
     weight, bias, center_weight, scale_weight, scale_bias = params
     eps, centering_stat, scaling_stat = options
     kernel = _channel_statistics_kernel(eps, centering_stat, scaling_stat, scale_weight is not None, training,
-                                        group)
+                                        group, empty_shard)
     # Neutral values for the parts that are off: w_m = 0 gives X_cm = X exactly, gamma = 1 and
     # beta = 0 give Y = X_cs exactly. Scaling has no neutral value (sigmoid < 1): a kernel flag.
     outputs = kernel(x, _or_neutral(weight, 1, x), _or_neutral(bias, 0, x), _or_neutral(center_weight, 0, x),
                      _or_neutral(scale_weight, 0, x), _or_neutral(scale_bias, 0, x),
                      _or_neutral(running_mean, 0, x), _or_neutral(running_var, 1, x))
-    return outputs[0], outputs[1], outputs[2]
+    # the all-reduced number of instances, as a number of values per channel
+    return outputs[0], outputs[1], outputs[2], outputs[3] * (x.size // (x.shape[0] * x.shape[1]))
 
 
 def _instance_moments(x, eps, bn_train):
@@ -319,23 +333,37 @@ def _channel_statistics_only(center_weight, scale_weight, centering_stat, scalin
 def _batch_moments(instance_mean, var, running_mean, running_var):
     """Batch mean and biased variance of X_cm from the per-instance ones (total variance)."""
     batch_mean = instance_mean.mean(axis=0)
-    return batch_mean, (var + ops.square(instance_mean - batch_mean)).mean(axis=0)
+    return (batch_mean, (var + ops.square(instance_mean - batch_mean)).mean(axis=0),
+            _scalar(instance_mean.shape[0], instance_mean.dtype))
 
 
-def _synced_batch_moments(group):
-    """``_batch_moments`` over the union of the processes' batches: counts and sums of the
-    instance means all-reduced first, then the spread around the common mean (no
-    E[x^2] - E[x]^2). MindSpore differentiates AllReduce (the gradients are all-reduced)."""
-    all_reduce = _all_reduce(group)
+def _synced_batch_moments(group, empty_shard):
+    """``_batch_moments`` over the union of the processes' batches (:func:`_merged_moments`)."""
 
     def batch_moments(instance_mean, var, running_mean, running_var):
-        instances = ops.depend(Tensor([instance_mean.shape[0]], instance_mean.dtype), instance_mean)
-        totals = all_reduce(ops.concat((instance_mean.sum(axis=0), instances)))
-        batch_mean = totals[:-1] / totals[-1]
-        spread = all_reduce((var + ops.square(instance_mean - batch_mean)).sum(axis=0))
-        return batch_mean, spread / totals[-1]
+        def spread_about(mean):
+            return (var + ops.square(instance_mean - mean)).sum(axis=0)
+
+        return _merged_moments(group, empty_shard, instance_mean.sum(axis=0), instance_mean.shape[0], spread_about)
 
     return batch_moments
+
+
+def _merged_moments(group, empty_shard, local_sum, local_count, spread_about):
+    """Mean, biased variance and count over the processes of `group`, from this process's sum and
+    count, and ``spread_about(mean)``, its sum of squared deviations from a given mean: one
+    ``AllReduce`` of the sums with the count, then one of the spread around the common mean (no
+    E[x^2] - E[x]^2). The second takes the first's result, and the count travels with the sums,
+    so every process runs them in the same order, whatever its graph. MindSpore differentiates
+    AllReduce (the gradients are all-reduced). An ``empty_shard``'s stand-in adds 0 (count 0, sums
+    times 0), yet keeps the collectives in its graph."""
+    all_reduce = _all_reduce(group)
+    dtype = local_sum.dtype
+    share = _scalar(0.0 if empty_shard else 1.0, dtype)
+    count = ops.depend(Tensor([0 if empty_shard else local_count], dtype), local_sum)
+    totals = all_reduce(ops.concat((local_sum * share, count)))
+    mean = totals[:-1] / totals[-1]
+    return mean, all_reduce(spread_about(mean) * share) / totals[-1], totals[-1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -345,8 +373,8 @@ def _all_reduce(group):
 
 
 def _running_moments(instance_mean, var, running_mean, running_var):
-    """The running statistics, in place of the batch ones (evaluation)."""
-    return running_mean, running_var
+    """The running statistics, in place of the batch ones (evaluation); the local count."""
+    return running_mean, running_var, _scalar(instance_mean.shape[0], instance_mean.dtype)
 
 
 def _mean_statistic(mean, var, eps):
@@ -396,7 +424,8 @@ def _instance_affine(x, scale, bias, eps, bn_infer):
 
 
 @functools.lru_cache(maxsize=None)
-def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group=None):
+def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group=None,
+                               empty_shard=False):
     """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs).
 
     The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`), else
@@ -404,8 +433,9 @@ def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch
     """
     instance_kernels = cpu_kernels.instance_kernels()
     if instance_kernels is None:
-        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
-    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group,
+        return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group,
+                                       empty_shard)
+    return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard,
                                instance_kernels)
 
 
@@ -414,9 +444,10 @@ class _ChannelStatisticsKernel(nn.Cell):
 
     Inputs: x and the seven (C,) vectors (weight, bias, center_weight, scale_weight, scale_bias,
     running_mean, running_var), positional: a ``bprop`` takes tensors, not tuples. Outputs
-    ``(y, batch_mean, batch_var, mean, var, ...)``: per-instance moments (and whatever else a
-    subclass saves) for ``bprop``; the batch statistics are only used to update the running
-    statistics, which is not differentiated (their gradient is ignored, as in BatchNorm).
+    ``(y, batch_mean, batch_var, instances, mean, var, ...)``: per-instance moments (and whatever
+    else a subclass saves) for ``bprop``; the batch statistics and the number of instances (over
+    the processes when synchronized) are only used to update the running statistics, which is not
+    differentiated (their gradient is ignored, as in BatchNorm).
 
     Backward: ``Y = A * (X - mean) + B`` with A, B functions of the instance mean and biased
     variance var, themselves functions of X, so with S values per instance
@@ -430,14 +461,14 @@ class _ChannelStatisticsKernel(nn.Cell):
     is all the cost); compiled they are one launch. In Graph mode they are inlined.
     """
 
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group):
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard):
         super().__init__()
         centering_statistic = _INSTANCE_STATISTICS[centering_stat]
         scaling_statistic = _INSTANCE_STATISTICS[scaling_stat] if scaling else None
         if not batch_statistics:
             batch_moments = _running_moments
         else:
-            batch_moments = _batch_moments if group is None else _synced_batch_moments(group)
+            batch_moments = _batch_moments if group is None else _synced_batch_moments(group, empty_shard)
 
         def coefficients(mean, var, *vectors):
             return _channel_coefficients(mean, var, *vectors, _scalar(eps, mean.dtype), centering_statistic,
@@ -453,7 +484,10 @@ class _ChannelStatisticsKernel(nn.Cell):
             # ops.zeros, not ops.zeros_like: in a Graph-mode bprop the latter fails to compile
             # ("The func graph is empty ... zeros_like").
             no_grad = ops.zeros((c,), mean.dtype)
-            grads = grad_all(coefficients)(*inputs, (sum_dy_centered, sum_dy, no_grad, no_grad))
+            # After A: collectives (synchronized statistics) run in the same order on every process.
+            inputs = (ops.depend(inputs[0], a),) + inputs[1:]
+            grads = grad_all(coefficients)(*inputs, (sum_dy_centered, sum_dy, no_grad, no_grad,
+                                                     ops.zeros((), mean.dtype)))
             return a, grads[0].reshape(-1), grads[1].reshape(-1), tuple(grads[2:])
 
         self.coefficients = coefficients
@@ -468,17 +502,18 @@ class _FusedChannelKernel(_ChannelStatisticsKernel):
     an affine pass forward, one two-sum pass and one ``p * dY + q * (X - mean) + r`` pass
     backward. Nothing but the instance moments is saved: the kernels take X and the means."""
 
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, instance_kernels):
-        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard,
+                 instance_kernels):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard)
         coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
 
         def forward(x, *vectors):
             n, c = x.shape[0], x.shape[1]
             rows = x.reshape(n * c, -1)
             mean, var = instance_kernels.moments(rows)
-            a, b, batch_mean, batch_var = coefficients(mean.reshape(n, c), var.reshape(n, c), *vectors)
+            a, b, batch_mean, batch_var, instances = coefficients(mean.reshape(n, c), var.reshape(n, c), *vectors)
             y = instance_kernels.affine(rows, mean, a.reshape(-1), b.reshape(-1))
-            return y.reshape(x.shape), batch_mean, batch_var, mean, var
+            return y.reshape(x.shape), batch_mean, batch_var, instances, mean, var
 
         def backward(x, mean, var, dy, *vectors):
             n, c = x.shape[0], x.shape[1]
@@ -494,7 +529,7 @@ class _FusedChannelKernel(_ChannelStatisticsKernel):
         self.backward = ms.jit(backward)
 
     def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
-        return self.backward(x, out[3], out[4], dout[0], weight, bias, center_weight, scale_weight, scale_bias,
+        return self.backward(x, out[4], out[5], dout[0], weight, bias, center_weight, scale_weight, scale_bias,
                              running_mean, running_var)
 
 
@@ -510,8 +545,8 @@ class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
     affine passes.
     """
 
-    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group):
-        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group)
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard):
+        super().__init__(eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard)
         coefficients, backward_coefficients = self.coefficients, self.backward_coefficients
         # momentum=0: the training primitive writes its "moving statistics" inputs in place
         # (throw-away zeros/ones, which may be shared constants in Graph mode); with 0 it
@@ -522,10 +557,10 @@ class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
         def forward(x, *vectors):
             n, c = x.shape[0], x.shape[1]
             mean, var, x_hat = _instance_moments(_as_instances(x), eps, bn_train)
-            a, b, batch_mean, batch_var = coefficients(mean.reshape(n, c), var.reshape(n, c), *vectors)
+            a, b, batch_mean, batch_var, instances = coefficients(mean.reshape(n, c), var.reshape(n, c), *vectors)
             std = ops.sqrt(var + _scalar(eps, var.dtype))
             y = _instance_affine(x_hat, a.reshape(-1) * std, b.reshape(-1), eps, bn_infer)
-            return y.reshape(x.shape), batch_mean, batch_var, mean, var, x_hat
+            return y.reshape(x.shape), batch_mean, batch_var, instances, mean, var, x_hat
 
         def backward(x, mean, var, x_hat, dy, *vectors):
             n, c = x.shape[0], x.shape[1]
@@ -545,5 +580,20 @@ class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
         self.backward = ms.jit(backward)
 
     def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
-        return self.backward(x, out[3], out[4], out[5], dout[0], weight, bias, center_weight, scale_weight,
+        return self.backward(x, out[4], out[5], out[6], dout[0], weight, bias, center_weight, scale_weight,
                              scale_bias, running_mean, running_var)
+
+
+class _EmptyShard(nn.Cell):
+    """The empty output of a process without samples, from its stand-in's output: backward sends
+    the stand-in exact zeros (so it adds nothing to the parameter gradients), and the stand-in's
+    backward still runs, with its collectives."""
+
+    def construct(self, y):
+        return y[:0]
+
+    def bprop(self, y, out, dout):
+        return (ops.zeros(y.shape, y.dtype),)
+
+
+_EMPTY_SHARD = _EmptyShard()

@@ -2,7 +2,6 @@
 
 import mindspore.common.dtype as mstype
 from mindspore import Parameter, Tensor, nn
-from mindspore.communication import GlobalComm, get_group_size
 from mindspore.common.initializer import initializer
 
 from rbn_reference import check_statistic
@@ -42,7 +41,7 @@ class _RepresentativeBatchNorm(nn.Cell):
         self.centering_stat = centering_stat
         self.scaling_stat = scaling_stat
         self.gamma_init, self.beta_init = gamma_init, beta_init
-        self._group = None  # a communication group: SyncRepresentativeBatchNorm
+        self._group = None  # a communication group: rbn_mindspore.distributed.SyncRepresentativeBatchNorm
         self.moving_mean_init, self.moving_var_init = moving_mean_init, moving_var_init
 
         self.gamma = Parameter(initializer(gamma_init, num_features, dtype), name="gamma", requires_grad=affine)
@@ -259,75 +258,3 @@ class RepresentativeBatchNorm3d(_RepresentativeBatchNorm):
             raise ValueError(f"expected 5D input (got {ndim}D input)")
         if self.data_format != "NCHW":
             raise ValueError(f"data_format {self.data_format!r} is only for 2d layers")
-
-
-class SyncRepresentativeBatchNorm(_RepresentativeBatchNorm):
-    r"""
-    Representative Batch Normalization with the batch statistics of all processes, on
-    MindSpore's collectives (``mindspore.communication``; CPU with the ``mccl`` backend under
-    ``msrun`` or the dynamic-cluster environment variables, GPU/Ascend with theirs), as
-    ``mindspore.nn.SyncBatchNorm`` (Ascend only) is for BatchNorm. Eq. 12:
-
-    .. math::
-        X_{cm} = X + w_m \odot K_m, \qquad
-        X_m = X_{cm} - \mathrm{E}[X_{cm}], \qquad
-        X_s = \frac{X_m}{\sqrt{\mathrm{Var}[X_{cm}] + \epsilon}}, \\
-        X_{cs} = X_s \odot \mathrm{sigmoid}(w_v \odot K_s + w_b), \qquad
-        Y = X_{cs} \odot \gamma + \beta
-
-    with :math:`\mathrm{E}`, :math:`\mathrm{Var}` over the union of the processes' batches in
-    training (two ``AllReduce`` of (C,)-sized sums forward, stable: the spread is summed around
-    the common mean; the gradients go back through MindSpore's AllReduce gradient). The
-    per-instance statistics :math:`K_m`, :math:`K_s` stay local. Without an initialised
-    communication, with one process, or when the moving statistics are used, it computes what
-    :class:`RepresentativeBatchNorm2d` computes. Every process must call it in every step.
-
-    Args:
-        num_features (int): `C`.
-        eps (float, optional): :math:`\epsilon`. Default: ``1e-5`` .
-        momentum (float, optional): as :class:`RepresentativeBatchNorm2d`. Default: ``0.9`` .
-        affine (bool, optional): as :class:`RepresentativeBatchNorm2d`. Default: ``True`` .
-        gamma_init, beta_init, moving_mean_init, moving_var_init (optional): initializers.
-            Default: ``'ones'``, ``'zeros'``, ``'zeros'``, ``'ones'`` .
-        use_batch_statistics (bool, optional): as :class:`RepresentativeBatchNorm2d`.
-            Default: ``None`` .
-        process_groups (list, optional): only ``None`` (all processes) is supported.
-            Default: ``None`` .
-        dtype (:class:`mindspore.dtype`, optional): float32 or float64. Default: ``mstype.float32`` .
-        centering, scaling, centering_stat, scaling_stat (optional): keyword-only, as
-            :class:`RepresentativeBatchNorm2d`.
-
-    Inputs:
-        - **x** (Tensor) - :math:`(N, C)` to :math:`(N, C, D, H, W)`; N may differ between processes.
-
-    Outputs:
-        Tensor of the shape and dtype of `x`.
-
-    Raises:
-        ValueError: If `process_groups` is not ``None``, or as :class:`RepresentativeBatchNorm2d`.
-
-    Supported Platforms:
-        ``CPU`` (tested with 2 processes) ``GPU`` ``Ascend`` (untested)
-
-    Examples:
-        >>> import numpy as np
-        >>> import mindspore as ms
-        >>> from rbn_mindspore import SyncRepresentativeBatchNorm
-        >>> net = SyncRepresentativeBatchNorm(3).set_train()  # one process: local statistics
-        >>> print(net(ms.Tensor(np.arange(12, dtype=np.float32).reshape(2, 3, 2))).shape)
-        (2, 3, 2)
-    """
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True, gamma_init="ones", beta_init="zeros",
-                 moving_mean_init="zeros", moving_var_init="ones", use_batch_statistics=None, process_groups=None,
-                 dtype=mstype.float32, **rbn_kwargs):
-        super().__init__(num_features, eps, momentum, affine, gamma_init, beta_init, moving_mean_init,
-                         moving_var_init, use_batch_statistics, "NCHW", dtype, **rbn_kwargs)
-        if process_groups is not None:
-            raise ValueError("process_groups is not supported: None synchronizes all processes")
-        if GlobalComm.INITED and get_group_size() > 1:
-            self._group = GlobalComm.WORLD_COMM_GROUP
-
-    def _check_input_dim(self, ndim):
-        if not 2 <= ndim <= 5:
-            raise ValueError(f"expected 2D to 5D input (got {ndim}D input)")

@@ -7,7 +7,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-MODULES = ["rbn_mindspore.functional", "rbn_mindspore.modules", "rbn_mindspore.convert",
+MODULES = ["rbn_mindspore.functional", "rbn_mindspore.modules", "rbn_mindspore.convert", "rbn_mindspore.distributed",
            "rbn_mindspore.state_dict", "rbn_mindspore.cpu_kernels", "rbn_mindspore.models.resnet",
            "rbn_mindspore.models.mobilenetv2", "rbn_mindspore.models.res2net",
            "rbn_mindspore.models.porting", "rbn_mindspore.parity"]
