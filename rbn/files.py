@@ -22,7 +22,16 @@ def atomic_output(path, *, force=False):
     os.close(handle)
     try:
         yield temporary
+        # mkstemp's file is private (0600); the result gets the mode any new file would get.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _umask():
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
