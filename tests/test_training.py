@@ -90,3 +90,155 @@ def test_trainer_step_is_torchs_sgd_written_in_numpy(framework, steps):
     x = data[0][0]
     assert_checks([compare("logits", f"{framework} eval logits", trainer.logits(x), x @ weight.T + bias, "float32",
                            tolerance("float32"))])
+
+
+# ``rbn train`` at a tiny size: a 100-image npz, one epoch of a few batches in PyTorch.
+def run_train(*argv):
+    from rbn import cli
+
+    return cli.main(["train", *argv])
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """Two well-separated classes of 1x8x8 images, so even one short epoch learns them."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(2), 50)
+    x = rng.normal(0.0, 0.3, (100, 1, 8, 8)) + np.where(y == 0, -1.0, 1.0)[:, None, None, None]
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return path
+
+
+TINY = ("--framework", "torch", "--epochs", "2", "--batch-size", "16", "--lr", "0.05")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_npz, tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("train") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `rbn train` runs (OMP_NUM_THREADS=1): tiny convolutions
+    try:
+        assert run_train(*TINY, "--dataset", f"npz:{tiny_npz}", "--norm", "both", "--out", str(out)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def read_metrics(path):
+    import csv
+
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        return reader.fieldnames, list(reader)
+
+
+def test_train_writes_metrics_checkpoints_and_curves(trained):
+    from rbn import training
+
+    assert (trained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for norm in ("bn", "rbn"):
+        columns, rows = read_metrics(trained / norm / "metrics.csv")
+        assert tuple(columns) == training.COLUMNS
+        steps_per_epoch = 80 // 16  # 80 training images (the 80/20 split), full batches of 16
+        assert [int(row["step"]) for row in rows] == list(range(1, 2 * steps_per_epoch + 1))
+        assert [int(row["epoch"]) for row in rows] == [1] * steps_per_epoch + [2] * steps_per_epoch
+        lrs = [float(row["lr"]) for row in rows]
+        assert lrs[0] == 0.05 and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))  # cosine, decreasing
+        ends = [row for row in rows if row["test_accuracy"]]
+        assert [int(row["step"]) for row in ends] == [steps_per_epoch, 2 * steps_per_epoch]
+        assert all(0.0 <= float(row[key]) <= 1.0 for row in ends for key in ("train_accuracy", "test_accuracy"))
+        assert float(ends[-1]["test_accuracy"]) > 0.9  # two separated blobs: learned
+        assert all(np.isfinite(float(row["loss"])) and float(row["loss"]) > 0 for row in rows)
+        seconds = [float(row["seconds"]) for row in rows]
+        assert seconds == sorted(seconds)
+        state = checkpoint.read_checkpoint(trained / norm / "model.safetensors")
+        native = checkpoint.read_checkpoint(trained / norm / "model.pt")
+        assert state.metadata["arch"] == "resnet20" and checkpoint.is_rbn(state.arrays) == (norm == "rbn")
+        assert sorted(state.arrays) == sorted(native.arrays)
+        for name, array in native.arrays.items():
+            np.testing.assert_array_equal(state.arrays[name], array, err_msg=name)
+
+
+def test_train_from_init_starts_from_the_checkpoint(trained, tiny_npz, tmp_path):
+    """--init round trip: a run from the trained BatchNorm weights starts where they left off
+    (its first loss is the trained model's loss on that batch, far below a fresh start's)."""
+    from rbn import training
+
+    out = tmp_path / "again"
+    assert run_train(*TINY, "--epochs", "1", "--dataset", f"npz:{tiny_npz}", "--norm", "bn", "--init",
+                     str(trained / "bn" / "model.safetensors"), "--out", str(out)) == 0
+    _, rows = read_metrics(out / "metrics.csv")
+    data = training.load_dataset(f"npz:{tiny_npz}")
+    first = training.epoch_orders(len(data.x_train), 16, 1, 0)[0, 0]
+    _, model = training.initial_model("torch", "resnet20", "bn", data,
+                                      checkpoint.read_checkpoint(trained / "bn" / "model.pt"), "float32", 0)
+    import torch
+
+    model.train()
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(torch.from_numpy(data.x_train[first].astype(np.float32))),
+                                                 torch.from_numpy(data.y_train[first]))
+    assert_checks([compare("init", "first loss from --init", np.float32(rows[0]["loss"]), want.numpy(), "float32",
+                           tolerance("float32"))])
+
+
+def test_digits_split_is_fixed_stratified_and_standardized():
+    pytest.importorskip("sklearn")
+    from rbn import training
+
+    data = training.load_dataset("digits")
+    assert data.x_train.shape == (1437, 1, 8, 8) and data.x_test.shape == (360, 1, 8, 8) and data.num_classes == 10
+    assert abs(data.x_train.mean()) < 1e-12 and abs(data.x_train.std() - 1) < 1e-12
+    # Stratified: each class's share of the test set is its share of the whole, to one image.
+    whole = np.bincount(np.concatenate([data.y_train, data.y_test]), minlength=10)
+    assert np.abs(np.bincount(data.y_test, minlength=10) - whole * 0.2).max() <= 1
+    again = training.load_dataset("digits")
+    np.testing.assert_array_equal(again.y_test, data.y_test)
+
+
+def test_batch_order_is_seeded_and_covers_each_epoch_once():
+    from rbn import training
+
+    orders = training.epoch_orders(50, 8, 3, seed=7)
+    assert orders.shape == (3, 6, 8)
+    for epoch in orders:
+        assert len(np.unique(epoch)) == 48  # no image twice in an epoch; 2 wait for the next one
+    np.testing.assert_array_equal(orders, training.epoch_orders(50, 8, 3, seed=7))
+    assert not np.array_equal(orders, training.epoch_orders(50, 8, 3, seed=8))
+
+
+def bad_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("case", ["framework", "arch", "dataset", "no y", "x not 4d", "y length", "init", "out"])
+def test_bad_input_exits_2_and_writes_nothing(case, tmp_path, tiny_npz, capsys):
+    out = tmp_path / "out"
+    x = np.zeros((20, 1, 8, 8), np.float32)
+    options = {"--framework": "torch", "--dataset": f"npz:{tiny_npz}", "--out": str(out)}
+    if case == "framework":
+        options["--framework"] = "tensorflow"
+    elif case == "arch":
+        options["--arch"] = "resnet21"
+    elif case == "dataset":
+        options["--dataset"] = "mnist"
+    elif case == "no y":
+        options["--dataset"] = bad_npz(tmp_path / "a.npz", x=x)
+    elif case == "x not 4d":
+        options["--dataset"] = bad_npz(tmp_path / "a.npz", x=x[:, 0], y=np.zeros(20, np.int64))
+    elif case == "y length":
+        options["--dataset"] = bad_npz(tmp_path / "a.npz", x=x, y=np.zeros(19, np.int64))
+    elif case == "init":
+        options["--init"] = str(tmp_path / "missing.pt")
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        out = blocker / "out"  # under a file: cannot be created
+        options["--out"] = str(out)
+    before = sorted(tmp_path.rglob("*"))
+    assert run_train(*[item for pair in options.items() for item in pair]) == 2
+    assert "rbn train: error:" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before and not out.exists()
