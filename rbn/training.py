@@ -84,7 +84,10 @@ def load_dataset(spec):
 def read_npz(path):
     """``x`` (N, C, H, W) as float64 and ``y`` (N,) as int64 from the npz at ``path``, checked."""
     try:
-        with np.load(path, allow_pickle=False) as data:  # no pickle: a file we read never runs code
+        data = np.load(path, allow_pickle=False)  # no pickle: a file we read never runs code
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise TrainingError(f"{path} is a single array (.npy), expected an .npz holding x and y")
+        with data:
             missing = [key for key in ("x", "y") if key not in data.files]
             if missing:
                 raise TrainingError(f"{path} has no {' or '.join(missing)}; expected arrays x (N, C, H, W) and "
@@ -286,6 +289,9 @@ def run(args):
     except (TrainingError, checkpoint.CheckpointError) as error:
         print(f"rbn train: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:
+        print(f"rbn train: error: {error}; nothing written", file=sys.stderr)
+        return 1
     os.makedirs(args.out, exist_ok=True)
     for run_ in runs:
         directory = args.out if len(runs) == 1 else os.path.join(args.out, run_.norm)

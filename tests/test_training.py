@@ -214,7 +214,8 @@ def bad_npz(path, **arrays):
     return f"npz:{path}"
 
 
-@pytest.mark.parametrize("case", ["framework", "arch", "dataset", "no y", "x not 4d", "y length", "init", "out"])
+@pytest.mark.parametrize("case", ["framework", "arch", "dataset", "npy", "no y", "x not 4d", "y length", "init",
+                                  "out"])
 def test_bad_input_exits_2_and_writes_nothing(case, tmp_path, tiny_npz, capsys):
     out = tmp_path / "out"
     x = np.zeros((20, 1, 8, 8), np.float32)
@@ -225,6 +226,9 @@ def test_bad_input_exits_2_and_writes_nothing(case, tmp_path, tiny_npz, capsys):
         options["--arch"] = "resnet21"
     elif case == "dataset":
         options["--dataset"] = "mnist"
+    elif case == "npy":
+        np.save(tmp_path / "x.npy", x)
+        options["--dataset"] = f"npz:{tmp_path / 'x.npy'}"
     elif case == "no y":
         options["--dataset"] = bad_npz(tmp_path / "a.npz", x=x)
     elif case == "x not 4d":
