@@ -186,6 +186,8 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
         lr=0.02, batch_size=16, seed=0, report=None):
     """Train the seeded start in every framework of ``names``; return the :class:`Trajectory`.
 
+    Raises TrajectoryError if the first framework cannot train in float64 (it measures the noise floor).
+
     The batches are ``rbn train``'s: the digits dataset (8x8 grey images of 10 digits) in its
     seeded order. ``report(step, trajectory)`` is called after every step.
     """
@@ -196,11 +198,13 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
         arrays = initial_arrays(first, arch, seed, data.num_classes, data.x_train.shape[1])
         checkpoint.write_checkpoint(path, checkpoint.Checkpoint(arrays, {"origin": first, "arch": arch, "norm": "rbn"}))
         start_checkpoint = checkpoint.read_checkpoint(path)
-    runs = []
-    for name in names:
-        fallback = float64_fallback(name, start_checkpoint, arch) if dtype == "float64" else ""
-        runs.append(start(name, start_checkpoint, arch, "float32" if fallback else dtype, OPTIMIZERS[optimizer],
-                          fallback=fallback))
+    fallbacks = {name: float64_fallback(name, start_checkpoint, arch) if dtype == "float64" or name == first else ""
+                 for name in names}
+    if fallbacks[first]:
+        raise TrajectoryError(f"the first framework measures the float32 noise floor against itself in float64, and "
+                              f"{first} cannot train in float64 here ({fallbacks[first]}); put another one first")
+    runs = [start(name, start_checkpoint, arch, "float32" if fallbacks[name] else dtype, OPTIMIZERS[optimizer],
+                  fallback=fallbacks[name]) for name in names]
     other = "float32" if dtype == "float64" else "float64"
     runs.append(start(first, start_checkpoint, arch, other, OPTIMIZERS[optimizer], label=f"{first} {other}"))
     single = {dtype: runs[0], other: runs[-1]}
@@ -351,8 +355,12 @@ def command(args):
             print(header(trajectory, args.dtype, args.optimizer))
         print(format_row(step_row(step, trajectory)), flush=True)
 
-    trajectory = run(args.arch, names, args.steps, args.dtype, args.optimizer, args.lr, args.batch_size, args.seed,
-                     report)
+    try:
+        trajectory = run(args.arch, names, args.steps, args.dtype, args.optimizer, args.lr, args.batch_size, args.seed,
+                         report)
+    except TrajectoryError as error:
+        print(f"rbn trajectory: error: {error}", file=sys.stderr)
+        return 2
     document = as_json(trajectory, settings)
     os.makedirs(args.out, exist_ok=True)
     with atomic_output(os.path.join(args.out, "start.safetensors"), force=True) as path:
