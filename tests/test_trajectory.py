@@ -119,3 +119,11 @@ def test_an_unwritable_out_exits_2(tmp_path, capsys):
     assert cli.main(["trajectory", "--steps", "1", "--out", str(blocker / "out")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_first_framework_without_float64_exits_2(tmp_path, capsys):
+    """The first framework measures the float32 noise floor against itself in float64."""
+    out = tmp_path / "out"
+    assert cli.main(["trajectory", "--frameworks", "mindspore,torch", "--steps", "1", "--out", str(out)]) == 2
+    assert "mindspore cannot train in float64 here (TypeError: For primitive[Conv2D]" in capsys.readouterr().err
+    assert not out.exists()
