@@ -92,8 +92,8 @@ def seed(value):
 
 
 def cast(model, dtype):
-    """``model`` with every Parameter (trainable and running statistics) in ``dtype``
-    ("float32" or "float64").
+    """``model`` with every floating-point Parameter (trainable and running statistics) in ``dtype``
+    ("float32" or "float64"); integer ones (RBN's batch count) stay integers.
 
     Examples:
         >>> from mindspore import nn
@@ -102,5 +102,6 @@ def cast(model, dtype):
         Float64
     """
     for parameter in model.get_parameters():
-        parameter.set_dtype(getattr(ms, dtype))
+        if parameter.dtype in ms.common.dtype.float_type:
+            parameter.set_dtype(getattr(ms, dtype))
     return model

@@ -92,6 +92,18 @@ def test_trainer_step_is_torchs_sgd_written_in_numpy(framework, steps):
                            tolerance("float32"))])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("framework", FRAMEWORK_PARAMS)
+def test_cast_changes_floating_arrays_and_keeps_the_batch_count_integer(framework, dtype):
+    porting = checkpoint.adapter(framework)
+    training = frameworks.import_module(framework, f"rbn_{framework}.training")
+    model = training.cast(checkpoint.build(framework, "resnet20", 10, in_channels=1), dtype)
+    arrays = porting.state_dict_to_numpy(model)
+    counts = [name for name in arrays if name.endswith("num_batches_tracked")]
+    assert counts and all(np.issubdtype(arrays[name].dtype, np.integer) for name in counts)
+    assert {str(array.dtype) for name, array in arrays.items() if name not in counts} == {dtype}
+
+
 # ``rbn train`` at a tiny size: a 100-image npz, one epoch of a few batches in PyTorch.
 def run_train(*argv):
     from rbn import cli
