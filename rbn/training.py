@@ -277,6 +277,10 @@ def run(args):
                 raise TrainingError(f"{name} must be at least {2 if name == '--batch-size' else 1}; got {value}")
         if not (args.lr > 0 and math.isfinite(args.lr)):
             raise TrainingError(f"--lr must be a positive number; got {args.lr}")
+        supported = frameworks.import_module(args.framework, f"rbn_{args.framework}.training").DTYPES
+        if args.dtype not in supported:
+            raise TrainingError(f"{args.framework} cannot train in {args.dtype} on this CPU; it trains in "
+                                f"{', '.join(supported)} (see rbn_{args.framework}.training.DTYPES)")
         data = load_dataset(args.dataset)
         if len(data.x_train) < args.batch_size:
             raise TrainingError(f"--batch-size {args.batch_size} is larger than the {len(data.x_train)} "

@@ -11,7 +11,10 @@ from jittor import nn
 
 from .models.porting import logits as eval_logits, set_mode
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "DTYPES", "seed", "cast"]
+
+# Training dtypes on CPU.
+DTYPES = ("float32", "float64")
 
 
 def as_var(array):

@@ -13,7 +13,11 @@ from mindspore import nn, ops
 
 from .models.porting import logits as eval_logits, set_mode
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "DTYPES", "seed", "cast"]
+
+# Training dtypes on CPU: MindSpore's Conv2D takes float16/float32 only (a float64 step raises
+# TypeError), so a float64 network cannot train here.
+DTYPES = ("float32",)
 
 
 class TrainStep(nn.Cell):

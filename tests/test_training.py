@@ -227,7 +227,7 @@ def bad_npz(path, **arrays):
 
 
 @pytest.mark.parametrize("case", ["framework", "arch", "dataset", "npy", "no y", "x not 4d", "y length", "init",
-                                  "out"])
+                                  "out", "dtype"])
 def test_bad_input_exits_2_and_writes_nothing(case, tmp_path, tiny_npz, capsys):
     out = tmp_path / "out"
     x = np.zeros((20, 1, 8, 8), np.float32)
@@ -238,6 +238,10 @@ def test_bad_input_exits_2_and_writes_nothing(case, tmp_path, tiny_npz, capsys):
         options["--arch"] = "resnet21"
     elif case == "dataset":
         options["--dataset"] = "mnist"
+    elif case == "dtype":
+        if not frameworks.get("mindspore").installed():
+            pytest.skip("mindspore is not installed")
+        options.update({"--framework": "mindspore", "--dtype": "float64"})
     elif case == "npy":
         np.save(tmp_path / "x.npy", x)
         options["--dataset"] = f"npz:{tmp_path / 'x.npy'}"
