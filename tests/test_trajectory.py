@@ -125,5 +125,5 @@ def test_a_first_framework_without_float64_exits_2(tmp_path, capsys):
     """The first framework measures the float32 noise floor against itself in float64."""
     out = tmp_path / "out"
     assert cli.main(["trajectory", "--frameworks", "mindspore,torch", "--steps", "1", "--out", str(out)]) == 2
-    assert "mindspore cannot train in float64 here (TypeError: For primitive[Conv2D]" in capsys.readouterr().err
+    assert "mindspore cannot train in float64 here (" in capsys.readouterr().err  # with MindSpore's own reason
     assert not out.exists()
