@@ -103,7 +103,7 @@ def cast(model, dtype):
         >>> from mindspore import nn
         >>> from rbn_mindspore.training import cast
         >>> cast(nn.Dense(2, 1), "float64").weight.dtype
-        Float64
+        mindspore.float64
     """
     for parameter in model.get_parameters():
         if parameter.dtype in ms.common.dtype.float_type:

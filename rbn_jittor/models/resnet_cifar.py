@@ -21,8 +21,7 @@ class CifarResNet(nn.Module):
 
         >>> import jittor as jt
         >>> from rbn_jittor.models import resnet20
-        >>> model = resnet20(num_classes=10, in_channels=1)
-        >>> model.eval()
+        >>> model = resnet20(num_classes=10, in_channels=1).eval()
         >>> model(jt.randn(2, 1, 8, 8)).shape
         [2,10,]
     """
