@@ -12,6 +12,7 @@ and is imported when a conversion needs it.
 """
 
 import functools
+import inspect
 import os
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ from .files import atomic_output
 FORMATS = (*frameworks.names(), "neutral")
 SUFFIXES = {"torch": (".pt", ".pth"), "jittor": (".pkl",), "mindspore": (".ckpt",), "neutral": (".safetensors",)}
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "mobilenet_v2",
-                 "res2net50_26w_4s")
+                 "res2net50_26w_4s", "resnet20")
 NEUTRAL_FORMAT = "rbn-neutral/1"
 # The seeded batch of --verify: small enough for a CPU, large enough that every stage of
 # the networks above still has more than one value per channel in train mode.
@@ -210,21 +211,35 @@ def _framework_of(fmt):
     raise CheckpointError(f"checking a neutral checkpoint needs one of {', '.join(frameworks.names())} installed")
 
 
-def build(framework, arch, num_classes, batchnorm=False, **rbn_options):
-    """``rbn_<framework>.models.<arch>`` with BatchNorm or RepresentativeBatchNorm2d(**rbn_options)."""
+def in_channels(arrays):
+    """The input channels of a ResNet's stem (``conv1``; 3 where there is none, e.g. MobileNetV2)."""
+    return int(arrays["conv1.weight"].shape[1]) if "conv1.weight" in arrays else 3
+
+
+def build(framework, arch, num_classes, batchnorm=False, in_channels=3, **rbn_options):
+    """``rbn_<framework>.models.<arch>`` with BatchNorm or RepresentativeBatchNorm2d(**rbn_options).
+
+    ``in_channels`` other than 3 is for the networks of small images (``resnet20``); the
+    ImageNet networks take RGB only.
+    """
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     porting = adapter(framework)
     norm_layer = porting.BatchNorm2d if batchnorm else functools.partial(porting.RepresentativeBatchNorm2d,
                                                                          **rbn_options)
-    return getattr(porting.models, arch)(num_classes=num_classes, norm_layer=norm_layer)
+    builder = getattr(porting.models, arch)
+    if in_channels == 3:
+        return builder(num_classes=num_classes, norm_layer=norm_layer)
+    if "in_channels" not in inspect.signature(builder).parameters:
+        raise CheckpointError(f"{arch} takes 3 input channels, got {in_channels}")
+    return builder(num_classes=num_classes, norm_layer=norm_layer, in_channels=in_channels)
 
 
 def build_model(framework, checkpoint, arch):
     """Build ``arch`` in ``framework`` to match ``checkpoint`` and load it strictly."""
     metadata = checkpoint.metadata
     model = build(framework, arch, num_classes(checkpoint.arrays), batchnorm=not is_rbn(checkpoint.arrays),
-                  centering_stat=metadata.get("centering_stat", "mu_c"),
+                  in_channels=in_channels(checkpoint.arrays), centering_stat=metadata.get("centering_stat", "mu_c"),
                   scaling_stat=metadata.get("scaling_stat", "mu_c"))
     porting = adapter(framework)
     # num_batches_tracked is optional on both sides: Jittor's and MindSpore's BatchNorm have
@@ -244,7 +259,8 @@ def build_model(framework, checkpoint, arch):
 
 def verify(source, source_framework, target, target_framework, arch, progress=None):
     """Logits of both checkpoints on a seeded batch, eval then train mode, as parity Checks."""
-    x = np.random.default_rng(0).standard_normal(VERIFY_SHAPE).astype(np.float32)
+    shape = (VERIFY_SHAPE[0], in_channels(source.arrays), *VERIFY_SHAPE[2:])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     sides = []
     for checkpoint, framework in ((source, source_framework), (target, target_framework)):
         sides.append(build_model(framework, checkpoint, arch))

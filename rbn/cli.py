@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 
 from rbn_reference import STATISTICS, parity
 
-from . import checkpoint, export, frameworks
+from . import checkpoint, export, frameworks, training, trajectory
 from .files import atomic_output
 
 FRAMEWORK_GROUPS = ("forward (train)", "forward (eval)", "grad x", "grads of parameters", "running statistics")
@@ -216,6 +216,16 @@ def build_parser():
                                help="run DST in onnxruntime on a seeded batch and compare with PyTorch's logits")
     export_parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     export_parser.set_defaults(handler=run_export)
+    trajectory_parser = commands.add_parser(
+        "trajectory", help="train one seeded start step by step in several frameworks and compare",
+        description="Load one seeded RBN network into each framework through the neutral checkpoint, train it "
+                    "with each framework's own optimizer on the same batches, and print after each step the "
+                    "worst relative gap to the first framework of the loss, the parameters and the running "
+                    "statistics. Exit status 1 when a gap passes its bound (rbn_reference.tolerances."
+                    "trajectory_bound), 2 on bad input (nothing written).")
+    trajectory.add_arguments(trajectory_parser)
+    trajectory_parser.set_defaults(handler=trajectory.command)
+    training.add_parser(commands)
     return parser
 
 

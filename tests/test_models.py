@@ -24,7 +24,7 @@ ARCHITECTURES = checkpoint.ARCHITECTURES
 TORCHVISION_PARAMETERS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
                           "resnet101": 44_549_160, "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904,
                           "mobilenet_v2": 3_504_872}
-SMALL = ("resnet18", "mobilenet_v2")  # run on inputs everywhere (res2net's logits too); the rest only built
+SMALL = ("resnet18", "mobilenet_v2", "resnet20")  # run on inputs everywhere (res2net's logits too); the rest only built
 BATCH = (2, 3, 64, 64)
 OTHER_FRAMEWORKS = [pytest.param(name, marks=pytest.mark.skipif(importlib.util.find_spec(name) is None,
                                                                  reason=f"{name} is not installed"))
@@ -61,6 +61,20 @@ def test_torch_parameter_counts_match_torchvision(arch):
     norm_channels = sum(m.num_features for m in rbn.modules() if isinstance(m, RepresentativeBatchNorm2d))
     # RBN adds center_weight, scale_weight and scale_bias per channel of every norm layer.
     assert sum(p.numel() for p in rbn.parameters()) == TORCHVISION_PARAMETERS[arch] + 3 * norm_channels
+
+
+# ResNet-20 of He et al. (2016, Sec. 4.2) at 10 classes with option-A (parameter-free) shortcuts:
+# the paper's "0.27M". Ours projects (option B) where the shape changes: two 1x1 convolutions
+# (16->32, 32->64) and their BatchNorms (weight and bias) on top.
+RESNET20_OPTION_A_PARAMETERS = 269_722
+RESNET20_PROJECTIONS = 16 * 32 + 32 * 64 + 2 * (32 + 64)
+
+
+def test_resnet20_parameter_count_is_the_papers_plus_projections():
+    model = rbn_torch.models.resnet20(num_classes=10, norm_layer=torch.nn.BatchNorm2d)
+    assert sum(p.numel() for p in model.parameters()) == RESNET20_OPTION_A_PARAMETERS + RESNET20_PROJECTIONS
+    grey = rbn_torch.models.resnet20(num_classes=10, in_channels=1, norm_layer=torch.nn.BatchNorm2d)
+    assert sum(p.numel() for p in grey.parameters()) == RESNET20_OPTION_A_PARAMETERS + RESNET20_PROJECTIONS - 2 * 16 * 9
 
 
 def test_res2net_parameter_count_matches_the_paper():

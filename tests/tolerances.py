@@ -4,7 +4,8 @@ It lives in the package because ``rbn parity`` judges PASS/FAIL with the same nu
 """
 
 from rbn_reference.tolerances import (BFLOAT16_LOSS_RTOL, EXPORT_TOLERANCE, FLOAT16_LOSS_RTOL, TOLERANCES, Tolerance,
-                                      finite_difference_tolerance, peer_tolerance, tolerance)
+                                      finite_difference_tolerance, peer_tolerance, tolerance,
+                                      trajectory_bound)
 
 __all__ = ["TOLERANCES", "Tolerance", "EXPORT_TOLERANCE", "BFLOAT16_LOSS_RTOL", "FLOAT16_LOSS_RTOL",
-           "finite_difference_tolerance", "peer_tolerance", "tolerance"]
+           "finite_difference_tolerance", "peer_tolerance", "tolerance", "trajectory_bound"]

@@ -1,0 +1,383 @@
+"""``rbn trajectory``: one seeded start, trained step by step in several frameworks, compared.
+
+One initial network is drawn from a NumPy seed (shapes and names from the first framework's zoo
+model), with every RBN layer's calibration parameters moved away from their no-op
+initialisation and the norm layers' affine parameters and running statistics randomized. It is
+written as a neutral checkpoint and read back into each framework (``rbn.checkpoint``). Each
+framework then trains it with its own optimizer (``rbn_<fw>.training.Trainer``) on the same
+NumPy batches, dropout off. After every step the loss, the parameters and the running statistics
+of each framework are compared with the first framework's: the gap is ``max|got - want| /
+max|want|`` per array (the project's norm-wise measure), the worst over the arrays of a group.
+
+The bounds are ``rbn_reference.tolerances.trajectory_bound``: float64 runs must agree to far
+below float32 noise; float32 runs are held to a multiple of the noise floor measured in the same
+run, the first framework in float32 against itself in float64.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+
+from rbn_reference import CALIBRATION_NAMES
+from rbn_reference.tolerances import trajectory_bound
+
+
+from . import checkpoint, frameworks, training
+from .files import atomic_output
+
+DTYPES = ("float64", "float32")
+# (momentum, weight decay) of each --optimizer; "momentum" is rbn train's optimizer.
+OPTIMIZERS = {"sgd": (0.0, 5e-4), "momentum": (0.9, 5e-4)}
+GROUPS = ("loss", "parameters", "running statistics")
+RUNNING_NAMES = ("running_mean", "running_var")
+
+
+class TrajectoryError(ValueError):
+    """Bad input: an unknown framework or architecture, a bad step count, an unwritable --out."""
+
+
+class Run(NamedTuple):
+    """One training run: a framework at a dtype, with its model and its optimizer."""
+
+    label: str  # how it is printed: the framework, or e.g. "torch float64" for the noise reference
+    framework: str
+    dtype: str  # the dtype it runs in
+    fallback: str  # why it runs in float32 where float64 was asked; "" otherwise
+    porting: object
+    model: object
+    trainer: object
+
+
+def check_arguments(arch, names, steps, out):
+    """Refuse bad input before anything runs or is written."""
+    unknown = [name for name in names if name not in frameworks.names()]
+    if unknown or not names:
+        raise TrajectoryError(f"unknown framework {', '.join(map(repr, unknown)) or '(none)'}; "
+                              f"expected a comma-separated list of {', '.join(frameworks.names())}")
+    if len(set(names)) != len(names):
+        raise TrajectoryError(f"each framework once, got {','.join(names)}")
+    missing = [name for name in names if not frameworks.get(name).installed()]
+    if missing:
+        raise TrajectoryError(f"not installed: {', '.join(missing)}")
+    if arch not in checkpoint.ARCHITECTURES:
+        raise TrajectoryError(f"unknown architecture {arch!r}; expected one of {', '.join(checkpoint.ARCHITECTURES)}")
+    if steps < 1:
+        raise TrajectoryError(f"--steps must be at least 1 (got {steps})")
+    try:
+        training.check_output_directory(out)
+    except training.TrainingError as error:
+        raise TrajectoryError(str(error)) from None
+
+
+def initial_arrays(framework, arch, seed, num_classes, in_channels):
+    """A seeded start under canonical names: shapes from ``framework``'s zoo model, values from NumPy.
+
+    Weights are He-normal (fan in); each norm layer gets ``weight`` in [0.5, 1.5], ``bias``,
+    ``center_weight`` and ``scale_weight`` around 0 and ``scale_bias`` around its init 1, so that
+    every term of Eq. 12 acts (at the no-op init w_m = w_v = 0 the calibration's gradients are
+    all that moves them), and running statistics that are not the init's 0 and 1. The values are
+    float32 numbers, so the float32 and float64 runs start from the same point.
+    """
+    porting = checkpoint.adapter(framework)
+    arrays = porting.state_dict_to_numpy(checkpoint.build(framework, arch, num_classes, in_channels=in_channels))
+    rng = np.random.default_rng(seed)
+    norm_prefixes = {name.rpartition(".")[0] for name in arrays if name.endswith(".running_mean")}
+    drawn = {}
+    for name in sorted(arrays):
+        array = arrays[name]
+        prefix, _, leaf = name.rpartition(".")
+        if not np.issubdtype(array.dtype, np.floating):
+            drawn[name] = array
+            continue
+        if prefix in norm_prefixes:
+            low, high = {"weight": (0.5, 1.5), "running_var": (0.5, 1.5), "scale_bias": (0.0, 2.0)}.get(leaf, (-0.5, 0.5))
+            value = rng.uniform(low, high, array.shape)
+        elif array.ndim >= 2:
+            value = rng.standard_normal(array.shape) * np.sqrt(2.0 / np.prod(array.shape[1:]))
+        else:
+            value = rng.uniform(-0.1, 0.1, array.shape)
+        drawn[name] = value.astype(np.float32)
+    if not any(name.rpartition(".")[2] in CALIBRATION_NAMES for name in drawn):
+        raise TrajectoryError(f"{arch} has no RBN layers")
+    return drawn
+
+
+def batches(data, steps, batch_size, seed):
+    """The first ``steps`` training batches of ``rbn train``'s order: (x float64, y int64) each."""
+    per_epoch = len(data.y_train) // batch_size
+    orders = training.epoch_orders(len(data.y_train), batch_size, -(-steps // per_epoch), seed)
+    return [(data.x_train[order], data.y_train[order]) for order in orders.reshape(-1, batch_size)[:steps]]
+
+
+def relative_gap(got, want):
+    """``max|got - want| / max|want|``, in float64 (0 where both are 0)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    error = float(np.abs(got - want).max()) if want.size else 0.0
+    return error / scale if scale > 0 else error
+
+
+def gaps(state, loss, reference_state, reference_loss):
+    """The worst relative gap of each group (``GROUPS``) of one run's state to a reference's."""
+    worst = {"loss": relative_gap(loss, reference_loss), "parameters": 0.0, "running statistics": 0.0}
+    for name, want in reference_state.items():
+        leaf = name.rpartition(".")[2]
+        if leaf == "num_batches_tracked":
+            continue
+        group = "running statistics" if leaf in RUNNING_NAMES else "parameters"
+        worst[group] = max(worst[group], relative_gap(state[name], want))
+    return worst
+
+
+
+
+def start(framework, start_checkpoint, arch, dtype, optimizer, label=None, fallback=""):
+    """A :class:`Run`: ``arch`` in ``framework`` loaded from the neutral checkpoint, in ``dtype``."""
+    porting, model = checkpoint.build_model(framework, start_checkpoint, arch)
+    framework_training = frameworks.import_module(framework, f"{frameworks.get(framework).package}.training")
+    model = framework_training.cast(model, dtype)
+    momentum, weight_decay = optimizer
+    trainer = framework_training.Trainer(model, momentum=momentum, weight_decay=weight_decay)
+    return Run(label or framework, framework, dtype, fallback, porting, model, trainer)
+
+
+def float64_fallback(framework, start_checkpoint, arch):
+    """Why ``framework`` cannot train ``arch`` in float64 on this machine, or "" if it can.
+
+    Found by trying, not assumed: one training step of the float64 network on a tiny batch
+    (MindSpore's CPU ``Conv2D`` accepts float16 and float32 only, say). The step runs in a
+    temporary working directory: a framework's failed graph compile leaves files in its cwd.
+    """
+    x = np.zeros((2, checkpoint.in_channels(start_checkpoint.arrays), 8, 8))
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            start(framework, start_checkpoint, arch, "float64", (0.0, 0.0)).trainer.step(x, np.zeros(2, np.int64), 0.0)
+        except Exception as error:  # each framework words an unsupported dtype differently
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            return f"{type(error).__name__}: {(lines or ['(no message)'])[0]}"
+        finally:
+            os.chdir(here)
+    return ""
+
+
+class Trajectory(NamedTuple):
+    """What ``run`` measured: per step, each run's loss and each compared run's gaps and bounds."""
+
+    runs: list  # the Runs' (label, framework, dtype, fallback), first framework first, noise reference last
+    losses: list  # per step: {label: loss}
+    gaps: list  # per step: {label: {group: gap}} for every framework but the first
+    noise: list  # per step: {group: gap of the first framework in float32 to itself in float64}
+    bounds: list  # per step: {label: {group: bound}}
+    start: checkpoint.Checkpoint  # the neutral checkpoint every run started from
+
+    def failures(self):
+        return [(step + 1, label, group, gap, self.bounds[step][label][group])
+                for step, per_label in enumerate(self.gaps) for label, per_group in per_label.items()
+                for group, gap in per_group.items() if not gap <= self.bounds[step][label][group]]
+
+
+def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype="float64", optimizer="momentum",
+        lr=0.02, batch_size=16, seed=0, report=None):
+    """Train the seeded start in every framework of ``names``; return the :class:`Trajectory`.
+
+    Raises TrajectoryError if the first framework cannot train in float64 (it measures the noise floor).
+
+    The batches are ``rbn train``'s: the digits dataset (8x8 grey images of 10 digits) in its
+    seeded order. ``report(step, trajectory)`` is called after every step.
+    """
+    first = names[0]
+    data = training.load_dataset("digits")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "start.safetensors")
+        arrays = initial_arrays(first, arch, seed, data.num_classes, data.x_train.shape[1])
+        checkpoint.write_checkpoint(path, checkpoint.Checkpoint(arrays, {"origin": first, "arch": arch, "norm": "rbn"}))
+        start_checkpoint = checkpoint.read_checkpoint(path)
+    fallbacks = {name: float64_fallback(name, start_checkpoint, arch) if dtype == "float64" or name == first else ""
+                 for name in names}
+    if fallbacks[first]:
+        raise TrajectoryError(f"the first framework measures the float32 noise floor against itself in float64, and "
+                              f"{first} cannot train in float64 here ({fallbacks[first]}); put another one first")
+    runs = [start(name, start_checkpoint, arch, "float32" if fallbacks[name] else dtype, OPTIMIZERS[optimizer],
+                  fallback=fallbacks[name]) for name in names]
+    other = "float32" if dtype == "float64" else "float64"
+    runs.append(start(first, start_checkpoint, arch, other, OPTIMIZERS[optimizer], label=f"{first} {other}"))
+    single = {dtype: runs[0], other: runs[-1]}
+    trajectory = Trajectory([(r.label, r.framework, r.dtype, r.fallback) for r in runs], [], [], [], [], start_checkpoint)
+    for step, (x, y) in enumerate(batches(data, steps, batch_size, seed)):
+        losses, states = {}, {}
+        for r in runs:
+            losses[r.label] = r.trainer.step(x.astype(r.dtype), y, lr)
+            states[r.label] = r.porting.state_dict_to_numpy(r.model)
+        reference = runs[0].label
+        noise = gaps(states[single["float32"].label], losses[single["float32"].label],
+                     states[single["float64"].label], losses[single["float64"].label])
+        floor = {group: max([noise[group]] + [past[group] for past in trajectory.noise]) for group in GROUPS}
+        trajectory.losses.append(losses)
+        trajectory.noise.append(noise)
+        trajectory.gaps.append({r.label: gaps(states[r.label], losses[r.label], states[reference], losses[reference])
+                                for r in runs[1:-1]})
+        trajectory.bounds.append({r.label: {group: trajectory_bound(r.dtype, floor[group]) for group in GROUPS}
+                                  for r in runs[1:-1]})
+        if report is not None:
+            report(step + 1, trajectory)
+    return trajectory
+
+
+def columns(trajectory):
+    compared = [label for label, *_ in trajectory.runs[1:-1]]
+    return ["step", "loss"] + [f"{label} {group}" for label in compared for group in GROUPS] + \
+        [f"noise {group}" for group in GROUPS]
+
+
+def step_row(step, trajectory):
+    """The cells of ``step`` (1-based) under ``columns``; a gap above its bound is marked with !."""
+    index = step - 1
+    cells = [str(step), f"{trajectory.losses[index][trajectory.runs[0][0]]:.6f}"]
+    for label, per_group in trajectory.gaps[index].items():
+        cells += [f"{gap:.1e}" + ("!" if not gap <= trajectory.bounds[index][label][group] else "")
+                  for group, gap in per_group.items()]
+    return cells + [f"{trajectory.noise[index][group]:.1e}" for group in GROUPS]
+
+
+WIDTH = 10
+
+
+def format_row(cells):
+    return "  ".join(cell.rjust(WIDTH) if i else cell.rjust(4) for i, cell in enumerate(cells))
+
+
+def header(trajectory, dtype, optimizer):
+    first, *_ = trajectory.runs[0]
+    lines = [f"gaps to {first} after each step: max|got - want| / max|want|, the worst array of the group; "
+             f"noise = {first} float32 against {first} float64; ! = above its bound"]
+    for label, framework, run_dtype, fallback in trajectory.runs[1:-1]:
+        if fallback:
+            lines.append(f"{framework} runs in float32: it cannot train in float64 on this CPU ({fallback})")
+    names = [name.replace("running statistics", "running").replace("parameters", "params") for name in columns(trajectory)]
+    lines.append(format_row(names))
+    return "\n".join(lines)
+
+
+def summary(trajectory):
+    """One line per compared run and group: its worst gap, the bound there, PASS or FAIL."""
+    lines = [f"{'framework':<12} {'dtype':<8} {'group':<19} {'worst gap':>10} {'at step':>7} {'bound':>9}  status"]
+    for label, framework, dtype, fallback in trajectory.runs[1:-1]:
+        for group in GROUPS:
+            ratios = [(trajectory.gaps[i][label][group] / trajectory.bounds[i][label][group], i)
+                      for i in range(len(trajectory.gaps))]
+            _, worst = max(ratios)
+            gap, bound = trajectory.gaps[worst][label][group], trajectory.bounds[worst][label][group]
+            lines.append(f"{label:<12} {dtype:<8} {group:<19} {gap:>10.2e} {worst + 1:>7} {bound:>9.1e}  "
+                         f"{'PASS' if gap <= bound else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def as_json(trajectory, settings):
+    return {**settings,
+            "runs": [{"label": label, "framework": framework, "dtype": dtype, "float64_fallback": fallback or None}
+                     for label, framework, dtype, fallback in trajectory.runs],
+            "steps": [{"step": i + 1, "loss": trajectory.losses[i], "gaps": trajectory.gaps[i],
+                       "bounds": trajectory.bounds[i], "noise": trajectory.noise[i]}
+                      for i in range(len(trajectory.losses))],
+            "failures": [dict(zip(("step", "framework", "group", "gap", "bound"), failure))
+                         for failure in trajectory.failures()],
+            "passed": not trajectory.failures()}
+
+
+def plot(trajectory, path):
+    """The gaps of every compared run, the noise floor and the bounds, per step, on log axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    steps = np.arange(1, len(trajectory.gaps) + 1)
+    tiny = 1e-18  # a gap of exactly 0 has no place on a log axis
+    figure, axes = pyplot.subplots(1, len(GROUPS), figsize=(5 * len(GROUPS), 4), sharey=True)
+    for axis, group in zip(axes, GROUPS):
+        for label, *_ in trajectory.runs[1:-1]:
+            line, = axis.semilogy(steps, [max(g[label][group], tiny) for g in trajectory.gaps], label=label)
+            axis.semilogy(steps, [b[label][group] for b in trajectory.bounds], ":", color=line.get_color(),
+                          label=f"{label} bound")
+        axis.semilogy(steps, [max(n[group], tiny) for n in trajectory.noise], "k--",
+                      label=f"noise ({trajectory.runs[-1][0]})")
+        axis.set_title(group)
+        axis.set_xlabel("step")
+    axes[0].set_ylabel(f"relative gap to {trajectory.runs[0][0]}")
+    axes[-1].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+    pyplot.close(figure)
+
+
+def add_arguments(parser):
+    parser.add_argument("--arch", default="resnet20", help="zoo architecture (default: resnet20)")
+    parser.add_argument("--frameworks", default=",".join(frameworks.names()),
+                        help="comma-separated; gaps are to the first (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=50, help="training steps (default: 50)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float64", help="default: float64")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
+                        help="sgd: momentum 0; momentum: 0.9; weight decay 5e-4 in both (default: momentum)")
+    parser.add_argument("--lr", type=float, default=0.02, help="constant learning rate (default: 0.02)")
+    parser.add_argument("--batch-size", type=int, default=16, help="default: 16")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the start and the batches (default: 0)")
+    parser.add_argument("--out", default="trajectory",
+                        help="directory for trajectory.png, trajectory.json and the start checkpoint "
+                             "start.safetensors (default: ./trajectory)")
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def command(args):
+    """``rbn trajectory``: exit status 0 when every gap is within its bound, 1 if not, 2 on bad input."""
+    names = [name.strip() for name in args.frameworks.split(",") if name.strip()]
+    try:
+        check_arguments(args.arch, names, args.steps, args.out)
+        if not 2 <= args.batch_size <= 256 or not args.lr > 0:
+            raise TrajectoryError(f"expected 2 <= --batch-size <= 256 and --lr > 0 (got {args.batch_size}, {args.lr})")
+    except TrajectoryError as error:
+        print(f"rbn trajectory: error: {error}", file=sys.stderr)
+        return 2
+    settings = {"arch": args.arch, "frameworks": names, "steps": args.steps, "dtype": args.dtype,
+                "optimizer": args.optimizer, "momentum": OPTIMIZERS[args.optimizer][0],
+                "weight_decay": OPTIMIZERS[args.optimizer][1], "lr": args.lr, "batch_size": args.batch_size,
+                "seed": args.seed}
+
+    def report(step, trajectory):
+        if args.json:
+            return
+        if step == 1:
+            print(header(trajectory, args.dtype, args.optimizer))
+        print(format_row(step_row(step, trajectory)), flush=True)
+
+    try:
+        trajectory = run(args.arch, names, args.steps, args.dtype, args.optimizer, args.lr, args.batch_size, args.seed,
+                         report)
+    except TrajectoryError as error:
+        print(f"rbn trajectory: error: {error}", file=sys.stderr)
+        return 2
+    document = as_json(trajectory, settings)
+    os.makedirs(args.out, exist_ok=True)
+    with atomic_output(os.path.join(args.out, "start.safetensors"), force=True) as path:
+        checkpoint.write_checkpoint(path, trajectory.start)
+    with atomic_output(os.path.join(args.out, "trajectory.json"), force=True) as path, open(path, "w") as stream:
+        json.dump(document, stream, indent=2)
+    with atomic_output(os.path.join(args.out, "trajectory.png"), force=True) as path:
+        plot(trajectory, path)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print()
+        print(summary(trajectory))
+    failures = trajectory.failures()
+    for step, label, group, gap, bound in failures[:5]:
+        print(f"rbn trajectory: {label} {group} at step {step}: gap {gap:.2e} above its bound {bound:.2e}",
+              file=sys.stderr)
+    print(f"rbn trajectory: wrote {args.out}/trajectory.png, trajectory.json, start.safetensors; "
+          f"{'FAIL' if failures else 'PASS'}", file=sys.stderr)
+    return 1 if failures else 0

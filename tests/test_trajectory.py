@@ -1,0 +1,129 @@
+"""``rbn trajectory``: one seeded start, several frameworks, step by step, judged by its bound.
+
+The real frameworks must pass; planted mistakes in one framework's training (a wrong momentum,
+a missing weight decay, a running-statistics update off by one in the unbiased count) must
+each fail it (exit status 1); bad input must exit 2 and write nothing. A few steps at the
+digits' native 8x8 keep it fast.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("mindspore")
+pytest.importorskip("jittor")
+
+from rbn import cli, frameworks, trajectory  # noqa: E402
+from tolerances import trajectory_bound  # noqa: E402
+
+STEPS = 3  # momentum acts from the second step on
+FAST = ["--steps", str(STEPS), "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trajectory") / "out"
+    status = cli.main(["trajectory", *FAST, "--out", str(out)])
+    return status, out, json.loads((out / "trajectory.json").read_text())
+
+
+def test_the_three_frameworks_follow_one_trajectory(real_run):
+    status, out, report = real_run
+    assert status == 0, report["failures"]
+    assert report["passed"] and [step["step"] for step in report["steps"]] == list(range(1, STEPS + 1))
+    compared = [run for run in report["runs"][1:-1]]
+    assert [run["framework"] for run in compared] == list(frameworks.names()[1:])
+    for step in report["steps"]:
+        losses = np.array(list(step["loss"].values()))
+        assert np.isfinite(losses).all() and losses.min() > 0
+        for run in compared:
+            for group, gap in step["gaps"][run["label"]].items():
+                assert gap <= step["bounds"][run["label"]][group], (step["step"], run["label"], group)
+                floor = max(past["noise"][group] for past in report["steps"][:step["step"]])
+                assert step["bounds"][run["label"]][group] == trajectory_bound(run["dtype"], floor)
+    # A framework that cannot train in float64 says why, and runs (and is judged) in float32.
+    for run in compared:
+        assert (run["dtype"] == "float32") == (run["float64_fallback"] is not None), run
+    # The start moved the calibration away from its no-op init and the steps moved the weights.
+    first = report["steps"][0]["loss"][report["runs"][0]["label"]]
+    assert first != report["steps"][-1]["loss"][report["runs"][0]["label"]]
+    assert sorted(path.name for path in out.iterdir()) == ["start.safetensors", "trajectory.json", "trajectory.png"]
+    assert (out / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_start_moves_every_calibration_parameter():
+    arrays = trajectory.initial_arrays("torch", "resnet20", 0, 10, 1)
+    for leaf, init in (("center_weight", 0.0), ("scale_weight", 0.0), ("scale_bias", 1.0), ("weight", 1.0),
+                       ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+        values = [array for name, array in arrays.items()
+                  if name.endswith("." + leaf) and name.rpartition(".")[0] + ".running_mean" in arrays]
+        assert values and all(np.abs(array - init).max() > 0.1 for array in values), leaf
+
+
+def planted(monkeypatch, framework, **overrides):
+    """``framework``'s Trainer built with ``overrides`` of its optimizer settings."""
+    training = frameworks.import_module(framework, f"rbn_{framework}.training")
+    original = training.Trainer.__init__
+
+    def init(self, model, **settings):
+        original(self, model, **{**settings, **overrides})
+
+    monkeypatch.setattr(training.Trainer, "__init__", init)
+
+
+def off_by_one(monkeypatch, framework):
+    """``framework``'s RBN running variance made unbiased over one value more than the batch has."""
+    functional = frameworks.import_module(framework, f"rbn_{framework}.functional")
+    original = functional._update_running_stats
+
+    def update(running_mean, running_var, mean, var, count, momentum):
+        original(running_mean, running_var, mean, var, count + 1, momentum)
+
+    monkeypatch.setattr(functional, "_update_running_stats", update)
+
+
+@pytest.mark.parametrize("mistake", ["wrong momentum", "no weight decay", "running statistics off by one"])
+def test_a_planted_mistake_fails_the_command(mistake, monkeypatch, tmp_path):
+    if mistake == "wrong momentum":
+        planted(monkeypatch, "jittor", momentum=0.8)
+    elif mistake == "no weight decay":
+        planted(monkeypatch, "jittor", weight_decay=0.0)
+    else:
+        off_by_one(monkeypatch, "jittor")
+    out = tmp_path / "out"
+    assert cli.main(["trajectory", *FAST, "--frameworks", "torch,jittor", "--out", str(out)]) == 1
+    report = json.loads((out / "trajectory.json").read_text())
+    failing = {(failure["framework"], failure["group"]) for failure in report["failures"]}
+    assert failing and {framework for framework, _ in failing} == {"jittor"}
+    if mistake == "running statistics off by one":
+        assert ("jittor", "running statistics") in failing
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--frameworks", "torch,tensorflow"], "unknown framework 'tensorflow'"),
+    (["--arch", "vgg11"], "unknown architecture 'vgg11'"),
+    (["--steps", "0"], "--steps must be at least 1 (got 0)"),
+])
+def test_bad_input_exits_2_and_writes_nothing(arguments, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["trajectory", *arguments, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_unwritable_out_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["trajectory", "--steps", "1", "--out", str(blocker / "out")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_first_framework_without_float64_exits_2(tmp_path, capsys):
+    """The first framework measures the float32 noise floor against itself in float64."""
+    out = tmp_path / "out"
+    assert cli.main(["trajectory", "--frameworks", "mindspore,torch", "--steps", "1", "--out", str(out)]) == 2
+    assert "mindspore cannot train in float64 here (" in capsys.readouterr().err  # with MindSpore's own reason
+    assert not out.exists()
