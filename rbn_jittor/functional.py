@@ -265,6 +265,8 @@ def _channel_path(x, params, running, options, sync):
     x3 = x.reshape((n, c, -1))
     mean, var = kernels.InstanceMoments()(x3)
     scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options, sync)
+    # without calibrations and affine the scale is per channel, (1, C): the kernel reads (N, C)
+    scale = scale.broadcast(shift.shape)
     return kernels.InstanceAffine()(x3, mean, scale, shift).reshape(x.shape), batch_mean, batch_var
 
 
