@@ -26,7 +26,7 @@ def assert_close(got, want, dtype="float32"):
     np.testing.assert_allclose(got, want, rtol=0, atol=tol.atol + tol.rtol * np.abs(want).max())
 
 
-@pytest.mark.parametrize("dtype", parity.DTYPES)
+@pytest.mark.parametrize("dtype", parity.DTYPES + parity.MIXED_DTYPES)
 @pytest.mark.parametrize("mode", parity.MODES)
 @pytest.mark.parametrize("case", parity.CASES, ids=str)
 def test_parity(case, mode, dtype):
