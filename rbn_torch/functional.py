@@ -184,7 +184,7 @@ def _literal_path(x, params, running, options):
     return y, batch_mean.detach(), batch_var.detach()
 
 
-def _channel_coefficients(mean, var, params, running, options):
+def _channel_coefficients(mean, var, params, running, options, saved=None):
     """``A``, ``B`` of ``Y = A * (X - mean) + B`` per (n, c), and the batch statistics.
 
     ``mean``, ``var``: the per-instance mean and biased variance of X, (N, C, 1); ``params``,
@@ -192,30 +192,93 @@ def _channel_coefficients(mean, var, params, running, options):
     (1, C, 1) without scaling calibration), ``B`` (N, C, 1) and the (1, C, 1) batch mean and
     biased variance of ``X_cm``. Centering calibration moves each instance's mean and keeps its
     variance, so the batch moments of ``X_cm`` follow from the per-instance ones (law of total
-    variance).
+    variance). ``saved``: a dict that receives the intermediates ``_coefficient_gradients`` needs.
     """
-    mean_cm = mean
+    mean_cm = center = mean
     if params.center_weight is not None:
         center = mean if options.centering_stat == "mu_c" else torch.sqrt(var + options.eps)
-        mean_cm = mean + params.center_weight * center
+        mean_cm = torch.addcmul(mean, params.center_weight, center)
     batch_mean = mean_cm.mean(0, keepdim=True)
-    batch_var = var.mean(0, keepdim=True) + (mean_cm - batch_mean).square().mean(0, keepdim=True)
+    deviation = mean_cm - batch_mean
+    batch_var = var.mean(0, keepdim=True) + deviation.square().mean(0, keepdim=True)
     centre, spread = (batch_mean, batch_var) if running is None else running
     inv_std = torch.rsqrt(spread + options.eps)
-    shift = (mean_cm - centre) * inv_std  # the mean of X_s per instance
+    shift = (deviation if running is None else mean_cm - centre) * inv_std  # the mean of X_s per instance
     scale = inv_std
+    statistic = gate = None
     if params.scale_weight is not None:
         # K_s of X_s: its per-instance mean is ``shift``, its variance ``var * inv_std**2``.
         statistic = shift if options.scaling_stat == "mu_c" else torch.sqrt(var * inv_std.square() + options.eps)
-        gate = torch.sigmoid(params.scale_weight * statistic + params.scale_bias)
+        gate = torch.sigmoid(torch.addcmul(params.scale_bias, params.scale_weight, statistic))
         scale = scale * gate
         shift = shift * gate
+    if saved is not None:
+        saved.update(center=center, deviation=deviation, inv_std=inv_std, statistic=statistic, gate=gate,
+                     scale=scale, shift=shift)
     if params.weight is not None:
         scale = scale * params.weight
         shift = shift * params.weight
     if params.bias is not None:
         shift = shift + params.bias
     return scale, shift, batch_mean, batch_var
+
+
+def _coefficient_gradients(grad_scale, grad_shift, var, params, options, saved):
+    """Backward of ``_channel_coefficients`` with batch statistics, by hand (docs/math.md).
+
+    ``grad_scale``, ``grad_shift``: dL/dA, dL/dB per (n, c), (N, C, 1); ``var``: the instances'
+    variance; ``saved``: its intermediates. Returns dL/dmean, dL/dvar (N, C, 1) and the five
+    parameters' gradients ((C, 1), None for a parameter that is off). The batch mean's own term
+    in dbatch_var, -2 mean_n(mean_cm - batch_mean), is zero and left out.
+    """
+    def total(t):
+        return t.sum(0).reshape(-1, 1)
+
+    eps = options.eps
+    inv_std, deviation = saved["inv_std"], saved["deviation"]
+    grad_weight = grad_bias = grad_center_weight = grad_scale_weight = grad_scale_bias = None
+    if params.bias is not None:
+        grad_bias = total(grad_shift)
+    if params.weight is not None:
+        grad_weight = total(grad_scale * saved["scale"] + grad_shift * saved["shift"])
+        grad_scale, grad_shift = grad_scale * params.weight, grad_shift * params.weight
+    grad_var = torch.zeros_like(var)
+    if params.scale_weight is not None:
+        gate, statistic = saved["gate"], saved["statistic"]
+        shift = deviation * inv_std
+        grad_gate = grad_scale * inv_std + grad_shift * shift
+        grad_inv_std = (grad_scale * gate).sum(0, keepdim=True)
+        grad_shift = grad_shift * gate
+        grad_logit = grad_gate * gate * (1 - gate)
+        grad_scale_bias = total(grad_logit)
+        grad_scale_weight = total(grad_logit * statistic)
+        grad_statistic = grad_logit * params.scale_weight
+        if options.scaling_stat == "mu_c":
+            grad_shift = grad_shift + grad_statistic
+        else:  # statistic = sqrt(var * inv_std**2 + eps)
+            grad_statistic = grad_statistic / statistic
+            grad_var = grad_var + grad_statistic * (0.5 * inv_std.square())
+            grad_inv_std = grad_inv_std + (grad_statistic * var).sum(0, keepdim=True) * inv_std
+    else:
+        grad_inv_std = grad_scale.sum(0, keepdim=True)
+    # shift = deviation * inv_std, inv_std = (batch_var + eps)^-1/2.
+    grad_inv_std = grad_inv_std + (grad_shift * deviation).sum(0, keepdim=True)
+    grad_batch_var = grad_inv_std * (-0.5 * inv_std**3)
+    count = var.shape[0]
+    grad_deviation = grad_shift * inv_std
+    # mean_cm reaches batch_mean (its mean) and deviation = mean_cm - batch_mean.
+    grad_mean_cm = grad_deviation - grad_deviation.mean(0, keepdim=True) + grad_batch_var * (2 / count) * deviation
+    grad_var = grad_var + grad_batch_var / count
+    grad_mean = grad_mean_cm
+    if params.center_weight is not None:
+        grad_center_weight = total(grad_mean_cm * saved["center"])
+        grad_center = grad_mean_cm * params.center_weight
+        if options.centering_stat == "mu_c":
+            grad_mean = grad_mean + grad_center
+        else:  # center = sqrt(var + eps)
+            grad_var = grad_var + grad_center * 0.5 / saved["center"]
+    return grad_mean, grad_var, Parameters(grad_weight, grad_bias, grad_center_weight, grad_scale_weight,
+                                           grad_scale_bias)
 
 
 def _channel_path(x, params, running, options, fused):
@@ -284,18 +347,14 @@ class _ChannelRBN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, running, options, *params):
-        *moments, centred = _fused_moments(x)
-        leaves = [moment.requires_grad_() for moment in moments]
-        leaves += [None if p is None else p.detach().requires_grad_(p.requires_grad) for p in params]
-        with torch.enable_grad():
-            scale, shift, batch_mean, batch_var = _channel_coefficients(
-                leaves[0], leaves[1], Parameters(*leaves[2:]), running, options)
-            scale = scale.expand_as(shift)  # per channel only without scaling calibration
+        mean, var, centred = _fused_moments(x)
+        saved = {}
+        scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, Parameters(*params), running,
+                                                                    options, saved)
         ctx.save_for_backward(x, *params)
-        ctx.graph = (scale, shift, leaves)
+        ctx.coefficients = (mean, var, scale.expand_as(shift), saved)
         ctx.config = (running, options)
-        y = torch.addcmul(shift.detach(), centred, scale.detach(), out=centred)
-        batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
+        y = torch.addcmul(shift, centred, scale, out=centred)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -310,22 +369,14 @@ class _ChannelRBN(torch.autograd.Function):
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
             return (grad_x, None, None, *grad_params)
-        scale, shift, leaves = ctx.graph
-        mean, var = (leaf.detach() for leaf in leaves[:2])
+        mean, var, scale, saved = ctx.coefficients
         grad_scale, grad_shift = _instance_gradient_sums(dy, x, mean)
-        # Without affine and scaling, the scale is a constant of the small graph.
-        outputs, grad_outputs = zip(*[(out, grad) for out, grad in ((scale, grad_scale), (shift, grad_shift))
-                                      if out.requires_grad])
-        wanted = [leaf for leaf in leaves if leaf is not None and leaf.requires_grad]
-        # retain_graph: the small graph lives as long as ctx, for a retain_graph=True outer backward.
-        found = torch.autograd.grad(outputs, wanted, grad_outputs, retain_graph=True, allow_unused=True)
-        found = {id(leaf): grad for leaf, grad in zip(wanted, found)}
-        grad_params = [None if leaf is None else found.get(id(leaf)) for leaf in leaves[2:]]
+        grad_mean, grad_var, grad_params = _coefficient_gradients(grad_scale, grad_shift, var, Parameters(*params),
+                                                                  options, saved)
+        grad_params = [grad if need else None for grad, need in zip(grad_params, needs[1:])]
         if not needs[0]:
             return (None, None, None, *grad_params)
-        grad_mean, grad_var = (torch.zeros_like(leaf) if found[id(leaf)] is None else found[id(leaf)]
-                               for leaf in leaves[:2])
-        grad_x = _input_gradient(dy, x, mean, var, scale.detach(), grad_shift, grad_mean, grad_var)
+        grad_x = _input_gradient(dy, x, mean, var, scale, grad_shift, grad_mean, grad_var)
         return (grad_x, None, None, *grad_params)
 
 
