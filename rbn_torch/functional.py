@@ -89,7 +89,6 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     compute_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     # flatten, not reshape(N, C, -1): -1 is ambiguous for an empty batch, and exporters keep N symbolic.
     x = (input.flatten(2) if input.dim() > 2 else input.unsqueeze(-1)).to(compute_dtype)
-    params = Parameters(*(None if p is None else _per_channel(p, compute_dtype) for p in params))
     use_batch_stats = training or running_mean is None
     running = None if use_batch_stats else (_per_channel(running_mean, compute_dtype),
                                             _per_channel(running_var, compute_dtype))
@@ -105,13 +104,17 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         tracing = _is_tracing()
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
         if not needs_grad and not tracing:
-            y, batch_mean, batch_var = _channel_path(x, params, running, options, fused=True)
+            y, batch_mean, batch_var = _channel_path(x, _per_channel_parameters(params, compute_dtype), running,
+                                                     options, fused=True)
         elif use_batch_stats and not tracing:
+            # The (C,) parameters as given: reshaped inside, they cost autograd no view nodes.
             y, batch_mean, batch_var = _ChannelRBN.apply(x, running, options, *params)
         else:
-            y, batch_mean, batch_var = _channel_path(x, params, running, options, fused=False)
+            y, batch_mean, batch_var = _channel_path(x, _per_channel_parameters(params, compute_dtype), running,
+                                                     options, fused=False)
     else:
-        y, batch_mean, batch_var = _literal_path(x, params, running, options)
+        y, batch_mean, batch_var = _literal_path(x, _per_channel_parameters(params, compute_dtype), running,
+                                                 options)
 
     if training and running_mean is not None:
         _update_running_stats(running_mean, running_var, batch_mean, batch_var, x.shape[0] * x.shape[2], momentum)
@@ -204,7 +207,7 @@ def _channel_coefficients(mean, var, params, running, options, saved=None):
     centre, spread = (batch_mean, batch_var) if running is None else running
     inv_std = torch.rsqrt(spread + options.eps)
     shift = (deviation if running is None else mean_cm - centre) * inv_std  # the mean of X_s per instance
-    scale = inv_std
+    scale, normalized = inv_std, shift
     statistic = gate = None
     if params.scale_weight is not None:
         # K_s of X_s: its per-instance mean is ``shift``, its variance ``var * inv_std**2``.
@@ -213,8 +216,8 @@ def _channel_coefficients(mean, var, params, running, options, saved=None):
         scale = scale * gate
         shift = shift * gate
     if saved is not None:
-        saved.update(center=center, deviation=deviation, inv_std=inv_std, statistic=statistic, gate=gate,
-                     scale=scale, shift=shift)
+        saved.update(center=center, deviation=deviation, inv_std=inv_std, normalized=normalized,
+                     statistic=statistic, gate=gate, scale=scale, shift=shift)
     if params.weight is not None:
         scale = scale * params.weight
         shift = shift * params.weight
@@ -227,56 +230,49 @@ def _coefficient_gradients(grad_scale, grad_shift, var, params, options, saved):
     """Backward of ``_channel_coefficients`` with batch statistics, by hand (docs/math.md).
 
     ``grad_scale``, ``grad_shift``: dL/dA, dL/dB per (n, c), (N, C, 1); ``var``: the instances'
-    variance; ``saved``: its intermediates. Returns dL/dmean, dL/dvar (N, C, 1) and the five
-    parameters' gradients ((C, 1), None for a parameter that is off). The batch mean's own term
-    in dbatch_var, -2 mean_n(mean_cm - batch_mean), is zero and left out.
+    variance; ``saved``: its intermediates. Returns dL/dmean (N, C, 1), dL/dvar (broadcasting to
+    (N, C, 1)) and the five parameters' gradients ((C, 1), None for a parameter that is off). Few
+    ops on small tensors: this runs once per layer and step, where autograd's graph cost more
+    than the layer's big-tensor passes on small inputs.
     """
-    def total(t):
-        return t.sum(0).reshape(-1, 1)
-
-    eps = options.eps
     inv_std, deviation = saved["inv_std"], saved["deviation"]
     grad_weight = grad_bias = grad_center_weight = grad_scale_weight = grad_scale_bias = None
     if params.bias is not None:
-        grad_bias = total(grad_shift)
+        grad_bias = grad_shift.sum(0)
     if params.weight is not None:
-        grad_weight = total(grad_scale * saved["scale"] + grad_shift * saved["shift"])
+        grad_weight = torch.addcmul(grad_scale * saved["scale"], grad_shift, saved["shift"]).sum(0)
         grad_scale, grad_shift = grad_scale * params.weight, grad_shift * params.weight
-    grad_var = torch.zeros_like(var)
+    grad_var = 0
     if params.scale_weight is not None:
         gate, statistic = saved["gate"], saved["statistic"]
-        shift = deviation * inv_std
-        grad_gate = grad_scale * inv_std + grad_shift * shift
-        grad_inv_std = (grad_scale * gate).sum(0, keepdim=True)
-        grad_shift = grad_shift * gate
-        grad_logit = grad_gate * gate * (1 - gate)
-        grad_scale_bias = total(grad_logit)
-        grad_scale_weight = total(grad_logit * statistic)
+        grad_logit = torch.addcmul(grad_scale * inv_std, grad_shift, saved["normalized"]).mul_(gate * (1 - gate))
+        grad_scale_bias = grad_logit.sum(0)
+        grad_scale_weight = (grad_logit * statistic).sum(0)
         grad_statistic = grad_logit * params.scale_weight
+        grad_scale, grad_shift = grad_scale * gate, grad_shift * gate
         if options.scaling_stat == "mu_c":
             grad_shift = grad_shift + grad_statistic
-        else:  # statistic = sqrt(var * inv_std**2 + eps)
-            grad_statistic = grad_statistic / statistic
-            grad_var = grad_var + grad_statistic * (0.5 * inv_std.square())
-            grad_inv_std = grad_inv_std + (grad_statistic * var).sum(0, keepdim=True) * inv_std
-    else:
-        grad_inv_std = grad_scale.sum(0, keepdim=True)
-    # shift = deviation * inv_std, inv_std = (batch_var + eps)^-1/2.
-    grad_inv_std = grad_inv_std + (grad_shift * deviation).sum(0, keepdim=True)
-    grad_batch_var = grad_inv_std * (-0.5 * inv_std**3)
+        else:  # statistic = sqrt(var * inv_std**2 + eps): d/dvar = inv_std**2 / 2s, d/dinv_std = var inv_std / s
+            grad_statistic = grad_statistic * inv_std / statistic
+            grad_var = grad_statistic * (0.5 * inv_std)
+            grad_scale = torch.addcmul(grad_scale, grad_statistic, var)
+    # normalized = deviation * inv_std; inv_std = (batch_var + eps)^-1/2, d/dbatch_var = -inv_std**3 / 2.
     count = var.shape[0]
+    grad_inv_std = torch.addcmul(grad_scale, grad_shift, deviation).sum(0, keepdim=True)
+    grad_batch_var = grad_inv_std * inv_std.pow(3) * (-0.5 / count)  # over count: batch_var's means
     grad_deviation = grad_shift * inv_std
-    # mean_cm reaches batch_mean (its mean) and deviation = mean_cm - batch_mean.
-    grad_mean_cm = grad_deviation - grad_deviation.mean(0, keepdim=True) + grad_batch_var * (2 / count) * deviation
-    grad_var = grad_var + grad_batch_var / count
-    grad_mean = grad_mean_cm
+    # deviation = mean_cm - batch_mean; batch_var's own term in batch_mean, -2 mean_n(deviation), is 0.
+    grad_mean = torch.addcmul(grad_deviation - grad_deviation.mean(0, keepdim=True), deviation, grad_batch_var,
+                              value=2)
+    grad_var = grad_var + grad_batch_var
     if params.center_weight is not None:
-        grad_center_weight = total(grad_mean_cm * saved["center"])
-        grad_center = grad_mean_cm * params.center_weight
+        center = saved["center"]
+        grad_center_weight = (grad_mean * center).sum(0)
+        grad_center = grad_mean * params.center_weight
         if options.centering_stat == "mu_c":
             grad_mean = grad_mean + grad_center
         else:  # center = sqrt(var + eps)
-            grad_var = grad_var + grad_center * 0.5 / saved["center"]
+            grad_var = torch.addcdiv(grad_var, grad_center, center, value=0.5)
     return grad_mean, grad_var, Parameters(grad_weight, grad_bias, grad_center_weight, grad_scale_weight,
                                            grad_scale_bias)
 
@@ -305,6 +301,11 @@ def _instance_moments(x):
 def _per_channel(vector, dtype):
     """A (C,) vector as (C, 1), broadcasting over (N, C, S), in the compute ``dtype``."""
     return vector.reshape(-1, 1).to(dtype)
+
+
+def _per_channel_parameters(params, dtype):
+    """``Parameters`` of (C,) vectors or None as (C, 1) tensors in ``dtype`` (``_per_channel``)."""
+    return Parameters(*(None if p is None else _per_channel(p, dtype) for p in params))
 
 
 def _empty_batch(input, params):
@@ -349,10 +350,11 @@ class _ChannelRBN(torch.autograd.Function):
     def forward(ctx, x, running, options, *params):
         mean, var, centred = _fused_moments(x)
         saved = {}
-        scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, Parameters(*params), running,
-                                                                    options, saved)
+        channel_params = _per_channel_parameters(params, x.dtype)
+        scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, channel_params, running, options,
+                                                                    saved)
         ctx.save_for_backward(x, *params)
-        ctx.coefficients = (mean, var, scale.expand_as(shift), saved)
+        ctx.coefficients = (mean, var, scale.expand_as(shift), channel_params, saved)
         ctx.config = (running, options)
         y = torch.addcmul(shift, centred, scale, out=centred)
         ctx.mark_non_differentiable(batch_mean, batch_var)
@@ -365,15 +367,17 @@ class _ChannelRBN(torch.autograd.Function):
         needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-op form
             wanted = [t for t, need in zip((x, *params), needs) if need]
-            y = _channel_path(x, Parameters(*params), running, options, fused=False)[0]
+            y = _channel_path(x, _per_channel_parameters(params, x.dtype), running, options, fused=False)[0]
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
             return (grad_x, None, None, *grad_params)
-        mean, var, scale, saved = ctx.coefficients
+        mean, var, scale, channel_params, saved = ctx.coefficients
         grad_scale, grad_shift = _instance_gradient_sums(dy, x, mean)
-        grad_mean, grad_var, grad_params = _coefficient_gradients(grad_scale, grad_shift, var, Parameters(*params),
+        grad_mean, grad_var, grad_params = _coefficient_gradients(grad_scale, grad_shift, var, channel_params,
                                                                   options, saved)
-        grad_params = [grad if need else None for grad, need in zip(grad_params, needs[1:])]
+        # Gradients of the (C,) parameters as given, in their dtype.
+        grad_params = [grad.view(p.shape).to(p.dtype) if need else None
+                       for grad, p, need in zip(grad_params, params, needs[1:])]
         if not needs[0]:
             return (None, None, None, *grad_params)
         grad_x = _input_gradient(dy, x, mean, var, scale, grad_shift, grad_mean, grad_var)
