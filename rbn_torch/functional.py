@@ -353,8 +353,9 @@ class _ChannelRBN(torch.autograd.Function):
         channel_params = _per_channel_parameters(params, x.dtype)
         scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, channel_params, running, options,
                                                                     saved)
-        ctx.save_for_backward(x, *params)
-        ctx.coefficients = (mean, var, scale.expand_as(shift), channel_params, saved)
+        # save_for_backward (not ctx attributes): saved-tensor hooks see the (N, C) vectors too.
+        ctx.save_for_backward(x, *params, mean, var, scale, *saved.values())
+        ctx.saved_names = tuple(saved)
         ctx.config = (running, options)
         y = torch.addcmul(shift, centred, scale, out=centred)
         ctx.mark_non_differentiable(batch_mean, batch_var)
@@ -362,7 +363,7 @@ class _ChannelRBN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, _batch_mean_grad, _batch_var_grad):
-        x, *params = ctx.saved_tensors
+        x, *params = ctx.saved_tensors[:1 + len(Parameters._fields)]
         running, options = ctx.config
         needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-op form
@@ -371,16 +372,19 @@ class _ChannelRBN(torch.autograd.Function):
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
             return (grad_x, None, None, *grad_params)
-        mean, var, scale, channel_params, saved = ctx.coefficients
+        mean, var, scale, *intermediates = ctx.saved_tensors[1 + len(params):]
+        saved = dict(zip(ctx.saved_names, intermediates))
         grad_scale, grad_shift = _instance_gradient_sums(dy, x, mean)
-        grad_mean, grad_var, grad_params = _coefficient_gradients(grad_scale, grad_shift, var, channel_params,
-                                                                  options, saved)
+        grad_mean, grad_var, grad_params = _coefficient_gradients(grad_scale, grad_shift, var,
+                                                                  _per_channel_parameters(params, x.dtype), options,
+                                                                  saved)
         # Gradients of the (C,) parameters as given, in their dtype.
         grad_params = [grad.view(p.shape).to(p.dtype) if need else None
                        for grad, p, need in zip(grad_params, params, needs[1:])]
         if not needs[0]:
             return (None, None, None, *grad_params)
-        grad_x = _input_gradient(dy, x, mean, var, scale, grad_shift, grad_mean, grad_var)
+        # A is per channel only without scaling calibration.
+        grad_x = _input_gradient(dy, x, mean, var, scale.expand_as(mean), grad_shift, grad_mean, grad_var)
         return (grad_x, None, None, *grad_params)
 
 
