@@ -337,13 +337,14 @@ class _ChannelRBN(torch.autograd.Function):
     Forward: a two-pass moments reduction (``_fused_moments``) whose ``X - mean`` becomes ``Y``
     in place (one ``addcmul``). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY and
     sum dY * (X - mean) per (n, c)) and one elementwise pass plus one in-place pass for dX
-    (``_input_gradient``). Only the (N, C)-sized coefficient graph is differentiated by
-    autograd (it is kept in ``ctx``). It saves the input and per-(n, c) vectors, as BatchNorm
-    does. Double backward (``create_graph=True``) differentiates the plain-op form instead,
+    (``_input_gradient``). The (N, C)-sized coefficient graph is differentiated by hand
+    (``_coefficient_gradients``): autograd's graph of its ~60 small ops cost more than the big
+    passes on small inputs. It saves the input and per-(n, c) vectors, as BatchNorm does.
+    Double backward (``create_graph=True``) differentiates the plain-op form instead,
     recomputed from the saved input.
 
-    ``apply(x, running, options, *params)``: the five ``Parameters`` go positionally, so that
-    autograd sees them as inputs.
+    ``apply(x, running, options, *params)``: the five ``Parameters`` ((C,) vectors or None, as
+    given) go positionally, so that autograd sees them as inputs; batch statistics only.
     """
 
     @staticmethod
