@@ -89,7 +89,6 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     compute_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     # flatten, not reshape(N, C, -1): -1 is ambiguous for an empty batch, and exporters keep N symbolic.
     x = (input.flatten(2) if input.dim() > 2 else input.unsqueeze(-1)).to(compute_dtype)
-    params = Parameters(*(None if p is None else _per_channel(p, compute_dtype) for p in params))
     use_batch_stats = training or running_mean is None
     running = None if use_batch_stats else (_per_channel(running_mean, compute_dtype),
                                             _per_channel(running_var, compute_dtype))
@@ -105,13 +104,17 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
         tracing = _is_tracing()
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
         if not needs_grad and not tracing:
-            y, batch_mean, batch_var = _channel_path(x, params, running, options, fused=True)
+            y, batch_mean, batch_var = _channel_path(x, _per_channel_parameters(params, compute_dtype), running,
+                                                     options, fused=True)
         elif use_batch_stats and not tracing:
+            # The (C,) parameters as given: reshaped inside, they cost autograd no view nodes.
             y, batch_mean, batch_var = _ChannelRBN.apply(x, running, options, *params)
         else:
-            y, batch_mean, batch_var = _channel_path(x, params, running, options, fused=False)
+            y, batch_mean, batch_var = _channel_path(x, _per_channel_parameters(params, compute_dtype), running,
+                                                     options, fused=False)
     else:
-        y, batch_mean, batch_var = _literal_path(x, params, running, options)
+        y, batch_mean, batch_var = _literal_path(x, _per_channel_parameters(params, compute_dtype), running,
+                                                 options)
 
     if training and running_mean is not None:
         _update_running_stats(running_mean, running_var, batch_mean, batch_var, x.shape[0] * x.shape[2], momentum)
@@ -184,7 +187,7 @@ def _literal_path(x, params, running, options):
     return y, batch_mean.detach(), batch_var.detach()
 
 
-def _channel_coefficients(mean, var, params, running, options):
+def _channel_coefficients(mean, var, params, running, options, saved=None):
     """``A``, ``B`` of ``Y = A * (X - mean) + B`` per (n, c), and the batch statistics.
 
     ``mean``, ``var``: the per-instance mean and biased variance of X, (N, C, 1); ``params``,
@@ -192,30 +195,86 @@ def _channel_coefficients(mean, var, params, running, options):
     (1, C, 1) without scaling calibration), ``B`` (N, C, 1) and the (1, C, 1) batch mean and
     biased variance of ``X_cm``. Centering calibration moves each instance's mean and keeps its
     variance, so the batch moments of ``X_cm`` follow from the per-instance ones (law of total
-    variance).
+    variance). ``saved``: a dict that receives the intermediates ``_coefficient_gradients`` needs.
     """
-    mean_cm = mean
+    mean_cm = center = mean
     if params.center_weight is not None:
         center = mean if options.centering_stat == "mu_c" else torch.sqrt(var + options.eps)
-        mean_cm = mean + params.center_weight * center
+        mean_cm = torch.addcmul(mean, params.center_weight, center)
     batch_mean = mean_cm.mean(0, keepdim=True)
-    batch_var = var.mean(0, keepdim=True) + (mean_cm - batch_mean).square().mean(0, keepdim=True)
+    deviation = mean_cm - batch_mean
+    batch_var = var.mean(0, keepdim=True) + deviation.square().mean(0, keepdim=True)
     centre, spread = (batch_mean, batch_var) if running is None else running
     inv_std = torch.rsqrt(spread + options.eps)
-    shift = (mean_cm - centre) * inv_std  # the mean of X_s per instance
-    scale = inv_std
+    shift = (deviation if running is None else mean_cm - centre) * inv_std  # the mean of X_s per instance
+    scale, normalized = inv_std, shift
+    statistic = gate = None
     if params.scale_weight is not None:
         # K_s of X_s: its per-instance mean is ``shift``, its variance ``var * inv_std**2``.
         statistic = shift if options.scaling_stat == "mu_c" else torch.sqrt(var * inv_std.square() + options.eps)
-        gate = torch.sigmoid(params.scale_weight * statistic + params.scale_bias)
+        gate = torch.sigmoid(torch.addcmul(params.scale_bias, params.scale_weight, statistic))
         scale = scale * gate
         shift = shift * gate
+    if saved is not None:
+        saved.update(center=center, deviation=deviation, inv_std=inv_std, normalized=normalized,
+                     statistic=statistic, gate=gate, scale=scale, shift=shift)
     if params.weight is not None:
         scale = scale * params.weight
         shift = shift * params.weight
     if params.bias is not None:
         shift = shift + params.bias
     return scale, shift, batch_mean, batch_var
+
+
+def _coefficient_gradients(grad_scale, grad_shift, var, params, options, saved):
+    """Backward of ``_channel_coefficients`` with batch statistics, by hand (docs/math.md).
+
+    ``grad_scale``, ``grad_shift``: dL/dA, dL/dB per (n, c), (N, C, 1); ``var``: the instances'
+    variance; ``saved``: its intermediates. Returns dL/dmean (N, C, 1), dL/dvar (broadcasting to
+    (N, C, 1)) and the five parameters' gradients ((C, 1), None for a parameter that is off). Few
+    ops on small tensors: this runs once per layer and step, where autograd's graph cost more
+    than the layer's big-tensor passes on small inputs.
+    """
+    inv_std, deviation = saved["inv_std"], saved["deviation"]
+    grad_weight = grad_bias = grad_center_weight = grad_scale_weight = grad_scale_bias = None
+    if params.bias is not None:
+        grad_bias = grad_shift.sum(0)
+    if params.weight is not None:
+        grad_weight = torch.addcmul(grad_scale * saved["scale"], grad_shift, saved["shift"]).sum(0)
+        grad_scale, grad_shift = grad_scale * params.weight, grad_shift * params.weight
+    grad_var = 0
+    if params.scale_weight is not None:
+        gate, statistic = saved["gate"], saved["statistic"]
+        grad_logit = torch.addcmul(grad_scale * inv_std, grad_shift, saved["normalized"]).mul_(gate * (1 - gate))
+        grad_scale_bias = grad_logit.sum(0)
+        grad_scale_weight = (grad_logit * statistic).sum(0)
+        grad_statistic = grad_logit * params.scale_weight
+        grad_scale, grad_shift = grad_scale * gate, grad_shift * gate
+        if options.scaling_stat == "mu_c":
+            grad_shift = grad_shift + grad_statistic
+        else:  # statistic = sqrt(var * inv_std**2 + eps): d/dvar = inv_std**2 / 2s, d/dinv_std = var inv_std / s
+            grad_statistic = grad_statistic * inv_std / statistic
+            grad_var = grad_statistic * (0.5 * inv_std)
+            grad_scale = torch.addcmul(grad_scale, grad_statistic, var)
+    # normalized = deviation * inv_std; inv_std = (batch_var + eps)^-1/2, d/dbatch_var = -inv_std**3 / 2.
+    count = var.shape[0]
+    grad_inv_std = torch.addcmul(grad_scale, grad_shift, deviation).sum(0, keepdim=True)
+    grad_batch_var = grad_inv_std * inv_std.pow(3) * (-0.5 / count)  # over count: batch_var's means
+    grad_deviation = grad_shift * inv_std
+    # deviation = mean_cm - batch_mean; batch_var's own term in batch_mean, -2 mean_n(deviation), is 0.
+    grad_mean = torch.addcmul(grad_deviation - grad_deviation.mean(0, keepdim=True), deviation, grad_batch_var,
+                              value=2)
+    grad_var = grad_var + grad_batch_var
+    if params.center_weight is not None:
+        center = saved["center"]
+        grad_center_weight = (grad_mean * center).sum(0)
+        grad_center = grad_mean * params.center_weight
+        if options.centering_stat == "mu_c":
+            grad_mean = grad_mean + grad_center
+        else:  # center = sqrt(var + eps)
+            grad_var = torch.addcdiv(grad_var, grad_center, center, value=0.5)
+    return grad_mean, grad_var, Parameters(grad_weight, grad_bias, grad_center_weight, grad_scale_weight,
+                                           grad_scale_bias)
 
 
 def _channel_path(x, params, running, options, fused):
@@ -242,6 +301,11 @@ def _instance_moments(x):
 def _per_channel(vector, dtype):
     """A (C,) vector as (C, 1), broadcasting over (N, C, S), in the compute ``dtype``."""
     return vector.reshape(-1, 1).to(dtype)
+
+
+def _per_channel_parameters(params, dtype):
+    """``Parameters`` of (C,) vectors or None as (C, 1) tensors in ``dtype`` (``_per_channel``)."""
+    return Parameters(*(None if p is None else _per_channel(p, dtype) for p in params))
 
 
 def _empty_batch(input, params):
@@ -273,59 +337,55 @@ class _ChannelRBN(torch.autograd.Function):
     Forward: a two-pass moments reduction (``_fused_moments``) whose ``X - mean`` becomes ``Y``
     in place (one ``addcmul``). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY and
     sum dY * (X - mean) per (n, c)) and one elementwise pass plus one in-place pass for dX
-    (``_input_gradient``). Only the (N, C)-sized coefficient graph is differentiated by
-    autograd (it is kept in ``ctx``). It saves the input and per-(n, c) vectors, as BatchNorm
-    does. Double backward (``create_graph=True``) differentiates the plain-op form instead,
+    (``_input_gradient``). The (N, C)-sized coefficient graph is differentiated by hand
+    (``_coefficient_gradients``): autograd's graph of its ~60 small ops cost more than the big
+    passes on small inputs. It saves the input and per-(n, c) vectors, as BatchNorm does.
+    Double backward (``create_graph=True``) differentiates the plain-op form instead,
     recomputed from the saved input.
 
-    ``apply(x, running, options, *params)``: the five ``Parameters`` go positionally, so that
-    autograd sees them as inputs.
+    ``apply(x, running, options, *params)``: the five ``Parameters`` ((C,) vectors or None, as
+    given) go positionally, so that autograd sees them as inputs; batch statistics only.
     """
 
     @staticmethod
     def forward(ctx, x, running, options, *params):
-        *moments, centred = _fused_moments(x)
-        leaves = [moment.requires_grad_() for moment in moments]
-        leaves += [None if p is None else p.detach().requires_grad_(p.requires_grad) for p in params]
-        with torch.enable_grad():
-            scale, shift, batch_mean, batch_var = _channel_coefficients(
-                leaves[0], leaves[1], Parameters(*leaves[2:]), running, options)
-            scale = scale.expand_as(shift)  # per channel only without scaling calibration
-        ctx.save_for_backward(x, *params)
-        ctx.graph = (scale, shift, leaves)
+        mean, var, centred = _fused_moments(x)
+        saved = {}
+        channel_params = _per_channel_parameters(params, x.dtype)
+        scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, channel_params, running, options,
+                                                                    saved)
+        # save_for_backward (not ctx attributes): saved-tensor hooks see the (N, C) vectors too.
+        ctx.save_for_backward(x, *params, mean, var, scale, *saved.values())
+        ctx.saved_names = tuple(saved)
         ctx.config = (running, options)
-        y = torch.addcmul(shift.detach(), centred, scale.detach(), out=centred)
-        batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
+        y = torch.addcmul(shift, centred, scale, out=centred)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
     @staticmethod
     def backward(ctx, dy, _batch_mean_grad, _batch_var_grad):
-        x, *params = ctx.saved_tensors
+        x, *params = ctx.saved_tensors[:1 + len(Parameters._fields)]
         running, options = ctx.config
         needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain-op form
             wanted = [t for t, need in zip((x, *params), needs) if need]
-            y = _channel_path(x, Parameters(*params), running, options, fused=False)[0]
+            y = _channel_path(x, _per_channel_parameters(params, x.dtype), running, options, fused=False)[0]
             found = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
             grad_x, *grad_params = (next(found) if need else None for need in needs)
             return (grad_x, None, None, *grad_params)
-        scale, shift, leaves = ctx.graph
-        mean, var = (leaf.detach() for leaf in leaves[:2])
+        mean, var, scale, *intermediates = ctx.saved_tensors[1 + len(params):]
+        saved = dict(zip(ctx.saved_names, intermediates))
         grad_scale, grad_shift = _instance_gradient_sums(dy, x, mean)
-        # Without affine and scaling, the scale is a constant of the small graph.
-        outputs, grad_outputs = zip(*[(out, grad) for out, grad in ((scale, grad_scale), (shift, grad_shift))
-                                      if out.requires_grad])
-        wanted = [leaf for leaf in leaves if leaf is not None and leaf.requires_grad]
-        # retain_graph: the small graph lives as long as ctx, for a retain_graph=True outer backward.
-        found = torch.autograd.grad(outputs, wanted, grad_outputs, retain_graph=True, allow_unused=True)
-        found = {id(leaf): grad for leaf, grad in zip(wanted, found)}
-        grad_params = [None if leaf is None else found.get(id(leaf)) for leaf in leaves[2:]]
+        grad_mean, grad_var, grad_params = _coefficient_gradients(grad_scale, grad_shift, var,
+                                                                  _per_channel_parameters(params, x.dtype), options,
+                                                                  saved)
+        # Gradients of the (C,) parameters as given, in their dtype.
+        grad_params = [grad.view(p.shape).to(p.dtype) if need else None
+                       for grad, p, need in zip(grad_params, params, needs[1:])]
         if not needs[0]:
             return (None, None, None, *grad_params)
-        grad_mean, grad_var = (torch.zeros_like(leaf) if found[id(leaf)] is None else found[id(leaf)]
-                               for leaf in leaves[:2])
-        grad_x = _input_gradient(dy, x, mean, var, scale.detach(), grad_shift, grad_mean, grad_var)
+        # A is per channel only without scaling calibration.
+        grad_x = _input_gradient(dy, x, mean, var, scale.expand_as(mean), grad_shift, grad_mean, grad_var)
         return (grad_x, None, None, *grad_params)
 
 
