@@ -6,6 +6,7 @@ import jittor as jt
 from jittor import nn
 
 from ..modules import RepresentativeBatchNorm2d
+from .resnet import FORWARD_EXAMPLE, builder_doc, documented
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
 
@@ -27,6 +28,8 @@ class ConvNormActivation(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 projection, a shortcut at stride 1."""
+
     def __init__(self, inp, oup, stride, expand_ratio, norm_layer):
         super().__init__()
         hidden_dim = int(round(inp * expand_ratio))
@@ -46,6 +49,9 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+    __doc__ = builder_doc("mobilenet_v2", "MobileNetV2 (Sandler et al. 2018)", extra="""
+        dropout (float): before the classifier. Default: 0.2.""", example=FORWARD_EXAMPLE)
+
     def __init__(self, num_classes=1000, norm_layer=None, dropout=0.2):
         super().__init__()
         norm_layer = norm_layer or RepresentativeBatchNorm2d
@@ -71,5 +77,6 @@ class MobileNetV2(nn.Module):
         return self.classifier(x.mean(dims=(2, 3)))
 
 
+@documented("MobileNetV2")
 def mobilenet_v2(num_classes=1000, norm_layer=None, dropout=0.2):
     return MobileNetV2(num_classes, norm_layer, dropout)

@@ -8,12 +8,14 @@ import math
 import jittor as jt
 from jittor import nn
 
-from .resnet import ResNet
+from .resnet import ResNet, documented
 
 __all__ = ["Bottle2neck", "res2net50_26w_4s"]
 
 
 class Bottle2neck(nn.Module):
+    """Res2Net's bottleneck: the 3x3 stage split into ``scale`` groups of hierarchical residuals."""
+
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer, scale=4):
@@ -46,5 +48,6 @@ class Bottle2neck(nn.Module):
         return self.relu(out + identity)
 
 
+@documented("Res2Net-50 26w x 4s (Gao et al. 2019)", "the authors' and timm's")
 def res2net50_26w_4s(num_classes=1000, norm_layer=None):
     return ResNet(Bottle2neck, [3, 4, 6, 3], num_classes, width_per_group=26, norm_layer=norm_layer)

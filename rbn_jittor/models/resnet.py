@@ -11,6 +11,50 @@ from ..modules import RepresentativeBatchNorm2d
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50",
            "resnet101", "resnet152", "resnext50_32x4d"]
 
+# One docstring for every builder of the zoo (ResNet here, MobileNetV2 and Res2Net beside).
+BUILDER_DOC = """{title} with every norm layer a ``norm_layer`` (default: RepresentativeBatchNorm2d).
+
+    The structure and parameter names of ``rbn_torch.models.{name}`` ({origin}), so a checkpoint
+    maps by name; no weights are downloaded. Each RBN layer computes Eq. 12 of the paper per
+    (n, c) instance: ``X_cm = X + w_m K_m``; ``X_m = X_cm - E[X_cm]``;
+    ``X_s = X_m / sqrt(Var[X_cm] + eps)``; ``X_cs = X_s * sigmoid(w_v K_s + w_b)``;
+    ``Y = X_cs * gamma + beta``.
+
+    Args:
+        num_classes (int): outputs of the classifier. Default: 1000.
+        norm_layer (callable): builds a norm layer from a channel count; ``jittor.nn.BatchNorm2d``
+            gives the baseline. Default: None (RepresentativeBatchNorm2d).{extra}
+
+    Shape:
+        - Input: (N, 3, H, W), H and W at least 32.
+        - Output: (N, num_classes), the logits.
+
+    Example::
+
+        >>> from rbn_jittor.models import {name}
+        >>> model = {name}(num_classes=10){example}
+    """
+
+# The classes' Examples also run the network (the builders' only build it, which is what costs).
+FORWARD_EXAMPLE = """
+        >>> import jittor as jt
+        >>> model.is_train = False
+        >>> model(jt.randn(2, 3, 32, 32)).shape
+        [2,10,]"""
+
+
+def builder_doc(name, title, origin="torchvision's", extra="", example=""):
+    """``BUILDER_DOC`` for the builder ``name`` (``origin``: whose structure)."""
+    return BUILDER_DOC.format(name=name, title=title, origin=origin, extra=extra, example=example)
+
+
+def documented(title, origin="torchvision's"):
+    """Decorator: give a zoo builder ``BUILDER_DOC`` under its own name."""
+    def decorate(builder):
+        builder.__doc__ = builder_doc(builder.__name__, title, origin)
+        return builder
+    return decorate
+
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1):
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
@@ -21,6 +65,8 @@ def conv1x1(in_planes, out_planes, stride=1):
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with norm layers and a shortcut (ResNet-18/34), torchvision's names."""
+
     expansion = 1
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer):
@@ -42,6 +88,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1, 3x3 (grouped for ResNeXt), 1x1 convolutions with norm layers and a shortcut, torchvision's names."""
+
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width, norm_layer):
@@ -65,6 +113,12 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    __doc__ = builder_doc("resnet18", "ResNet (He et al. 2016) and ResNeXt", extra="""
+        block (type): ``BasicBlock`` or ``Bottleneck`` (or Res2Net's ``Bottle2neck``).
+        layers (list of int): blocks per stage.
+        groups (int), width_per_group (int): ResNeXt's cardinality and width. Default: 1, 64.""",
+                          example=FORWARD_EXAMPLE)
+
     def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64, norm_layer=None):
         super().__init__()
         self._norm_layer = norm_layer or RepresentativeBatchNorm2d
@@ -103,26 +157,32 @@ class ResNet(nn.Module):
         return self.fc(x.mean(dims=(2, 3)))
 
 
+@documented("ResNet-18")
 def resnet18(num_classes=1000, norm_layer=None):
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-34")
 def resnet34(num_classes=1000, norm_layer=None):
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-50")
 def resnet50(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-101")
 def resnet101(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNet-152")
 def resnet152(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, norm_layer=norm_layer)
 
 
+@documented("ResNeXt-50 32x4d")
 def resnext50_32x4d(num_classes=1000, norm_layer=None):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, groups=32, width_per_group=4,
                   norm_layer=norm_layer)
