@@ -48,6 +48,8 @@ class VerificationError(RuntimeError):
 
 
 class Checkpoint(NamedTuple):
+    """A checkpoint in memory: canonical arrays and string metadata (what a neutral file holds)."""
+
     arrays: dict  # canonical name -> np.ndarray
     metadata: dict  # str -> str
 

@@ -16,6 +16,8 @@ REFERENCE_GROUPS = ("grad x (finite diff)", "grads of parameters (finite diff)")
 
 
 class Row(NamedTuple):
+    """One line of the parity report: a framework, a check group and a dtype, over every case."""
+
     framework: str
     version: str
     check: str
@@ -53,6 +55,7 @@ def reference_rows(full=True):
 
 
 def framework_rows(framework, dtypes, full=True):
+    """The report's rows for one registered framework: its checks summarized, or why there are none."""
     if not framework.installed():
         return [Row(framework.name, "", "-", "-", 0, None, None, "not installed", "")]
     adapter = frameworks.import_module(framework.name, framework.parity)
@@ -78,6 +81,7 @@ def json_row(row):
 
 
 def format_table(rows):
+    """The rows as an aligned text table, then the detail of every failure."""
     header = ("framework", "version", "check", "dtype", "cases", "max abs err", "max rel err", "status")
     lines = [header]
     for row in rows:
@@ -91,6 +95,7 @@ def format_table(rows):
 
 
 def run_parity(args):
+    """``rbn parity``: the oracle's self-check and each framework's rows; exit status 1 on any FAIL."""
     rows = reference_rows(args.full)
     for name in args.framework or frameworks.names():
         print(f"rbn parity: checking {name} ...", file=sys.stderr, flush=True)
@@ -114,6 +119,7 @@ def run_parity(args):
 
 
 def run_convert(args):
+    """``rbn convert``: exit status 2 on bad input, 1 when ``--verify`` fails; nothing written then."""
     try:
         checks = checkpoint.convert(args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
                                     arch=args.arch, to_rbn=args.to_rbn, centering_stat=args.centering_stat,
@@ -133,6 +139,7 @@ def run_convert(args):
 
 
 def run_export(args):
+    """``rbn export``: exit status 2 on bad input, 1 when ``--verify`` fails; nothing written then."""
     if args.mode != "eval":
         print("rbn export: error: an exported network runs in eval mode (running statistics); training-mode "
               "batch statistics and their updates are not part of an inference graph", file=sys.stderr)
@@ -154,6 +161,7 @@ def run_export(args):
 
 
 def build_parser():
+    """The ``rbn`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="rbn", description=__doc__.strip() + " Representative BatchNorm tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     parity_parser = commands.add_parser(
@@ -230,6 +238,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """Entry point of ``rbn`` and ``python -m rbn``; returns the exit status."""
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -34,6 +34,8 @@ class TrainingError(ValueError):
 
 
 class Dataset(NamedTuple):
+    """A fixed train/test split as NumPy arrays."""
+
     x_train: np.ndarray  # (N, C, H, W) float64, standardized
     y_train: np.ndarray  # (N,) int64
     x_test: np.ndarray
@@ -202,6 +204,7 @@ def train_one(framework, arch, norm, data, *, epochs, batch_size, lr, seed, dtyp
 
 
 def write_metrics(path, rows):
+    """Write ``rows`` (dicts keyed by ``COLUMNS``) to ``path`` as CSV, atomically."""
     with atomic_output(path, force=True) as temporary, open(temporary, "w", newline="") as stream:
         writer = csv.DictWriter(stream, COLUMNS)
         writer.writeheader()

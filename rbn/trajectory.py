@@ -230,6 +230,7 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
 
 
 def columns(trajectory):
+    """The per-step table's column names: the loss, then each compared run's gaps, then the noise floor."""
     compared = [label for label, *_ in trajectory.runs[1:-1]]
     return ["step", "loss"] + [f"{label} {group}" for label in compared for group in GROUPS] + \
         [f"noise {group}" for group in GROUPS]
@@ -249,10 +250,12 @@ WIDTH = 10
 
 
 def format_row(cells):
+    """One line of the per-step table."""
     return "  ".join(cell.rjust(WIDTH) if i else cell.rjust(4) for i, cell in enumerate(cells))
 
 
 def header(trajectory, dtype, optimizer):
+    """The lines printed above the per-step table: what a gap is and which runs fell back to float32."""
     first, *_ = trajectory.runs[0]
     lines = [f"gaps to {first} after each step: max|got - want| / max|want|, the worst array of the group; "
              f"noise = {first} float32 against {first} float64; ! = above its bound"]
@@ -279,6 +282,7 @@ def summary(trajectory):
 
 
 def as_json(trajectory, settings):
+    """The run as JSON-ready data: settings, runs, per-step gaps and bounds."""
     return {**settings,
             "runs": [{"label": label, "framework": framework, "dtype": dtype, "float64_fallback": fallback or None}
                      for label, framework, dtype, fallback in trajectory.runs],
@@ -317,6 +321,7 @@ def plot(trajectory, path):
 
 
 def add_arguments(parser):
+    """Add ``rbn trajectory``'s options to ``parser``."""
     parser.add_argument("--arch", default="resnet20", help="zoo architecture (default: resnet20)")
     parser.add_argument("--frameworks", default=",".join(frameworks.names()),
                         help="comma-separated; gaps are to the first (default: %(default)s)")

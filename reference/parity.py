@@ -26,6 +26,8 @@ class NotSupported(Exception):
 
 
 class CaseArrays(NamedTuple):
+    """A case's inputs: ``x``, the canonical ``params`` and ``state`` (None: untracked), the upstream ``dy``."""
+
     x: np.ndarray
     params: dict
     state: Optional[dict]

@@ -80,6 +80,7 @@ def sum_to_channel(array):
 
 
 def sigmoid(z):
+    """The logistic function, elementwise."""
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warning for large |z|
 
 

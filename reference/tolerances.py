@@ -45,6 +45,8 @@ import numpy as np
 
 
 class Tolerance(NamedTuple):
+    """``max|got - want| <= atol + rtol * max|want|``."""
+
     rtol: float
     atol: float
 
