@@ -41,7 +41,7 @@ class AuthorsRBN(jt.nn.BatchNorm):
 class LiteralRBN(rbn_jittor.RepresentativeBatchNorm2d):
     def execute(self, x):
         params = Parameters(self.weight, self.bias, self.center_weight, self.scale_weight, self.scale_bias)
-        return F._literal_path(x, params, None, Options(self.eps), False)[0]
+        return F._literal_path(x, params, None, Options(self.eps), None)[0]
 
 
 def step_time(layer, x, dy):

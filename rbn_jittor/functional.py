@@ -182,12 +182,13 @@ def _instance_statistic(statistic, x, eps):
     return jt.sqrt(_mean(deviation * deviation, dims, keepdims=True) + eps)
 
 
-def _literal_path(x, params, running, options, sync):
+def _literal_path(x, params, running, options, share):
     """Eq. 12 step by step, with Jittor's autodiff; any statistics.
 
     ``params``: ``Parameters`` of (C,) Vars or None; ``running``: None (batch statistics) or
-    the running mean and variance. Returns y and the (C,) batch mean and biased variance of
-    ``X_cm``, averaged over the MPI processes when ``sync``.
+    the running mean and variance; ``share``: this process's share of the values per channel
+    under MPI (:func:`_process_share`), or None. Returns y and the (C,) batch mean and biased
+    variance of ``X_cm``, over every MPI process when ``share`` is given.
     """
     eps = _constant(options.eps, x.dtype)
     dims = [0] + list(range(2, x.ndim))
@@ -196,11 +197,11 @@ def _literal_path(x, params, running, options, sync):
         x_cm = x + _per_channel(params.center_weight, x.ndim) * _instance_statistic(options.centering_stat, x, eps)
     if running is None:
         # two passes; the second also picks up what float rounding left of the mean
-        shift = _mean_over_processes(_mean(x_cm, dims, keepdims=True), sync)
+        shift = _mean_over_processes(_mean(x_cm, dims, keepdims=True), share)
         centered = x_cm - shift
-        offset = _mean_over_processes(_mean(centered, dims, keepdims=True), sync)
+        offset = _mean_over_processes(_mean(centered, dims, keepdims=True), share)
         centered = centered - offset
-        batch_var = _mean_over_processes(_mean(centered * centered, dims), sync)
+        batch_var = _mean_over_processes(_mean(centered * centered, dims), share)
         batch_mean = (shift + offset).reshape((-1,))
     else:
         batch_mean, batch_var = running
@@ -219,11 +220,11 @@ def _literal_path(x, params, running, options, sync):
 # ----------------------------------------------------------------------------- channel path
 
 
-def _channel_coefficients(mean, var, params, running, options, sync):
+def _channel_coefficients(mean, var, params, running, options, share):
     """``A``, ``B`` of ``Y = A * (X - mean) + B`` per (n, c), and the batch statistics.
 
     ``mean``, ``var``: the per-instance mean and biased variance of X, (N, C) float64;
-    ``params``, ``running`` as in :func:`_literal_path`; channel statistics only. Returns
+    ``params``, ``running``, ``share`` as in :func:`_literal_path`; channel statistics only. Returns
     ``A``, ``B`` (N, C) float64 and the (C,) batch mean and biased variance of ``X_cm``.
     Centering calibration moves each instance's mean and keeps its variance, so the batch
     moments of ``X_cm`` follow from the per-instance ones (law of total variance).
@@ -237,9 +238,9 @@ def _channel_coefficients(mean, var, params, running, options, sync):
     if params.center_weight is not None:
         mean_cm = mean + vector(params.center_weight) * _channel_statistic(options.centering_stat, mean, var, eps)
     if running is None:
-        batch_mean = _mean_over_processes(_mean(mean_cm, [0]), sync)
+        batch_mean = _mean_over_processes(_mean(mean_cm, [0]), share)
         deviation = mean_cm - batch_mean.unsqueeze(0)
-        batch_var = _mean_over_processes(_mean(var + deviation * deviation, [0]), sync)
+        batch_var = _mean_over_processes(_mean(var + deviation * deviation, [0]), share)
     else:
         batch_mean, batch_var = (stat.float64() for stat in running)
         deviation = mean_cm - batch_mean.unsqueeze(0)
@@ -258,13 +259,13 @@ def _channel_coefficients(mean, var, params, running, options, sync):
     return scale, shift, batch_mean, batch_var
 
 
-def _channel_path(x, params, running, options, sync):
+def _channel_path(x, params, running, options, share):
     """Eq. 12 as ``Y = A * (X - mean) + B`` per (n, c): the two passes over ``x`` are
     ``jt.code`` kernels (:mod:`rbn_jittor.kernels`), the (N, C) algebra between them float64 ops."""
     n, c = x.shape[:2]
     x3 = x.reshape((n, c, -1))
     mean, var = kernels.InstanceMoments()(x3)
-    scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options, sync)
+    scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options, share)
     # without calibrations and affine the scale is per channel, (1, C): the kernel reads (N, C)
     scale = scale.broadcast(shift.shape)
     return kernels.InstanceAffine()(x3, mean, scale, shift).reshape(x.shape), batch_mean, batch_var

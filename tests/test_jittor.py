@@ -65,7 +65,7 @@ def test_channel_and_literal_paths_agree_through_functional():
     vectors = {name: jt.array(rng.uniform(0.5, 1.5, SHAPE[1]).astype(np.float32))
                for name in ("weight", "bias", "center_weight", "scale_weight", "scale_bias")}
     y_channel = F.representative_batch_norm(x, None, None, training=True, **vectors)
-    y_literal = F._literal_path(x, rbn_reference.Parameters(**vectors), None, rbn_reference.Options(), False)[0]
+    y_literal = F._literal_path(x, rbn_reference.Parameters(**vectors), None, rbn_reference.Options(), None)[0]
     assert_close(y_channel.numpy(), y_literal.numpy())
 
 
