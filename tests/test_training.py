@@ -11,7 +11,7 @@ import pytest
 
 from rbn import checkpoint, frameworks
 from rbn_reference.parity import assert_checks, compare
-from tolerances import tolerance
+from tolerances import WHOLE_NETWORK_GRADIENT_RTOL, tolerance
 
 FEATURES, CLASSES, BATCH = 6, 4, 5
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
@@ -268,3 +268,21 @@ def test_bad_input_exits_2_and_writes_nothing(case, tmp_path, tiny_npz, capsys):
     assert run_train(*[item for pair in options.items() for item in pair]) == 2
     assert "rbn train: error:" in capsys.readouterr().err
     assert sorted(tmp_path.rglob("*")) == before and not out.exists()
+
+
+def test_torch_float32_gradients_of_a_training_step_match_float64(tiny_npz):
+    """The first step of the tiny run, in float32 and in float64: every parameter's gradient."""
+    torch = pytest.importorskip("torch")
+    from rbn import training
+
+    data = training.load_dataset(f"npz:{tiny_npz}")
+    batch = training.epoch_orders(len(data.x_train), 16, 1, 0)[0][0]
+    grads = {}
+    for dtype in ("float32", "float64"):
+        _, model = training.initial_model("torch", "resnet20", "rbn", data, None, dtype, 0)
+        logits = model(torch.from_numpy(data.x_train[batch].astype(dtype)))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(data.y_train[batch]))
+        found = torch.autograd.grad(loss, list(model.parameters()))
+        grads[dtype] = torch.cat([grad.flatten().double() for grad in found])
+    error = float((grads["float32"] - grads["float64"]).norm() / grads["float64"].norm())
+    assert error <= WHOLE_NETWORK_GRADIENT_RTOL
