@@ -11,7 +11,11 @@ max|want|`` per array (the project's norm-wise measure), the worst over the arra
 
 The bounds are ``rbn_reference.tolerances.trajectory_bound``: float64 runs must agree to far
 below float32 noise; float32 runs are held to a multiple of the noise floor measured in the same
-run, the first framework in float32 against itself in float64.
+run. The floor is an envelope: the first framework in float32 is run from the start and from
+``TRAJECTORY_NOISE_PERTURBED`` copies of it with every value moved one float32 ulp
+(``perturbed_start``), each against the first framework in float64; the floor is the worst gap of
+them all, up to the step (a single float32 run cannot bound a discrete event, such as an
+activation crossing zero, that rounding triggers at a different step in another run).
 """
 
 import json
@@ -23,8 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rbn_reference import CALIBRATION_NAMES
-from rbn_reference.tolerances import trajectory_bound
-
+from rbn_reference.tolerances import TRAJECTORY_NOISE_PERTURBED, trajectory_bound
 
 from . import checkpoint, frameworks, training
 from .files import atomic_output
@@ -40,13 +43,20 @@ class TrajectoryError(ValueError):
     """Bad input: an unknown framework or architecture, a bad step count, an unwritable --out."""
 
 
-class Run(NamedTuple):
-    """One training run: a framework at a dtype, with its model and its optimizer."""
+class RunInfo(NamedTuple):
+    """What a :class:`Trajectory` keeps of a run."""
 
-    label: str  # how it is printed: the framework, or e.g. "torch float64" for the noise reference
+    label: str  # how it is printed: the framework, or e.g. "torch float64" for a noise run
     framework: str
     dtype: str  # the dtype it runs in
     fallback: str  # why it runs in float32 where float64 was asked; "" otherwise
+    role: str  # "reference" (the first framework), "compared", or "noise" (measures the floor only)
+
+
+class Run(NamedTuple):
+    """One training run: a framework at a dtype, with its model and its optimizer."""
+
+    info: RunInfo
     porting: object
     model: object
     trainer: object
@@ -133,16 +143,36 @@ def gaps(state, loss, reference_state, reference_loss):
     return worst
 
 
+def envelope(member_gaps):
+    """The noise of one step: each group's worst gap over the noise members' ``{group: gap}``."""
+    return {group: max(gaps_of[group] for gaps_of in member_gaps) for group in GROUPS}
 
 
-def start(framework, start_checkpoint, arch, dtype, optimizer, label=None, fallback=""):
+def perturbed_start(start_checkpoint, seed, member):
+    """``start_checkpoint`` with every floating value moved one float32 ulp up or down, at random.
+
+    The directions are drawn from ``(seed, member)``. One ulp is the rounding a float32
+    computation of the start would carry anyway; a run from here is another sample of float32
+    training's rounding, not a different start (see the tolerances' "Training trajectories").
+    """
+    rng = np.random.default_rng([seed, member])
+    arrays = {}
+    for name, array in sorted(start_checkpoint.arrays.items()):
+        if np.issubdtype(array.dtype, np.floating):
+            array = np.asarray(array, np.float32)
+            array = np.nextafter(array, np.where(rng.random(array.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
+        arrays[name] = array
+    return checkpoint.Checkpoint(arrays, start_checkpoint.metadata)
+
+
+def start(framework, start_checkpoint, arch, dtype, optimizer, label=None, fallback="", role="compared"):
     """A :class:`Run`: ``arch`` in ``framework`` loaded from the neutral checkpoint, in ``dtype``."""
     porting, model = checkpoint.build_model(framework, start_checkpoint, arch)
     framework_training = frameworks.import_module(framework, f"{frameworks.get(framework).package}.training")
     model = framework_training.cast(model, dtype)
     momentum, weight_decay = optimizer
     trainer = framework_training.Trainer(model, momentum=momentum, weight_decay=weight_decay)
-    return Run(label or framework, framework, dtype, fallback, porting, model, trainer)
+    return Run(RunInfo(label or framework, framework, dtype, fallback, role), porting, model, trainer)
 
 
 def float64_fallback(framework, start_checkpoint, arch):
@@ -169,12 +199,17 @@ def float64_fallback(framework, start_checkpoint, arch):
 class Trajectory(NamedTuple):
     """What ``run`` measured: per step, each run's loss and each compared run's gaps and bounds."""
 
-    runs: list  # the Runs' (label, framework, dtype, fallback), first framework first, noise reference last
+    runs: list  # RunInfo of each run: the first framework, the compared ones, then the noise runs
     losses: list  # per step: {label: loss}
     gaps: list  # per step: {label: {group: gap}} for every framework but the first
-    noise: list  # per step: {group: gap of the first framework in float32 to itself in float64}
+    noise_members: list  # per step: {label: {group: gap}}, each float32 run of the first framework to its float64
+    noise: list  # per step: the envelope of noise_members, {group: worst gap}
     bounds: list  # per step: {label: {group: bound}}
     start: checkpoint.Checkpoint  # the neutral checkpoint every run started from
+
+    def compared(self):
+        """The RunInfo of every framework but the first."""
+        return [info for info in self.runs if info.role == "compared"]
 
     def failures(self):
         return [(step + 1, label, group, gap, self.bounds[step][label][group])
@@ -187,6 +222,9 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     """Train the seeded start in every framework of ``names``; return the :class:`Trajectory`.
 
     Raises TrajectoryError if the first framework cannot train in float64 (it measures the noise floor).
+
+    Besides the frameworks of ``names``, the first framework runs in the other dtype of the two,
+    and in float32 from ``TRAJECTORY_NOISE_PERTURBED`` perturbed starts: the noise runs.
 
     The batches are ``rbn train``'s: the digits dataset (8x8 grey images of 10 digits) in its
     seeded order. ``report(step, trajectory)`` is called after every step.
@@ -204,42 +242,47 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
         raise TrajectoryError(f"the first framework measures the float32 noise floor against itself in float64, and "
                               f"{first} cannot train in float64 here ({fallbacks[first]}); put another one first")
     runs = [start(name, start_checkpoint, arch, "float32" if fallbacks[name] else dtype, OPTIMIZERS[optimizer],
-                  fallback=fallbacks[name]) for name in names]
+                  fallback=fallbacks[name], role="reference" if name == first else "compared") for name in names]
     other = "float32" if dtype == "float64" else "float64"
-    runs.append(start(first, start_checkpoint, arch, other, OPTIMIZERS[optimizer], label=f"{first} {other}"))
-    single = {dtype: runs[0], other: runs[-1]}
-    trajectory = Trajectory([(r.label, r.framework, r.dtype, r.fallback) for r in runs], [], [], [], [], start_checkpoint)
+    runs.append(start(first, start_checkpoint, arch, other, OPTIMIZERS[optimizer], label=f"{first} {other}",
+                      role="noise"))
+    runs += [start(first, perturbed_start(start_checkpoint, seed, member), arch, "float32", OPTIMIZERS[optimizer],
+                   label=f"{first} float32 perturbed {member}", role="noise")
+             for member in range(1, TRAJECTORY_NOISE_PERTURBED + 1)]
+    float64_label = first if dtype == "float64" else f"{first} float64"
+    members = [r.info.label for r in runs if r.info.framework == first and r.info.dtype == "float32"]
+    trajectory = Trajectory([r.info for r in runs], [], [], [], [], [], start_checkpoint)
     for step, (x, y) in enumerate(batches(data, steps, batch_size, seed)):
         losses, states = {}, {}
         for r in runs:
-            losses[r.label] = r.trainer.step(x.astype(r.dtype), y, lr)
-            states[r.label] = r.porting.state_dict_to_numpy(r.model)
-        reference = runs[0].label
-        noise = gaps(states[single["float32"].label], losses[single["float32"].label],
-                     states[single["float64"].label], losses[single["float64"].label])
+            losses[r.info.label] = r.trainer.step(x.astype(r.info.dtype), y, lr)
+            states[r.info.label] = r.porting.state_dict_to_numpy(r.model)
+        member_gaps = {label: gaps(states[label], losses[label], states[float64_label], losses[float64_label])
+                       for label in members}
+        noise = envelope(member_gaps.values())
         floor = {group: max([noise[group]] + [past[group] for past in trajectory.noise]) for group in GROUPS}
         trajectory.losses.append(losses)
+        trajectory.noise_members.append(member_gaps)
         trajectory.noise.append(noise)
-        trajectory.gaps.append({r.label: gaps(states[r.label], losses[r.label], states[reference], losses[reference])
-                                for r in runs[1:-1]})
-        trajectory.bounds.append({r.label: {group: trajectory_bound(r.dtype, floor[group]) for group in GROUPS}
-                                  for r in runs[1:-1]})
+        trajectory.gaps.append({info.label: gaps(states[info.label], losses[info.label], states[first], losses[first])
+                                for info in trajectory.compared()})
+        trajectory.bounds.append({info.label: {group: trajectory_bound(info.dtype, floor[group]) for group in GROUPS}
+                                  for info in trajectory.compared()})
         if report is not None:
             report(step + 1, trajectory)
     return trajectory
 
 
 def columns(trajectory):
-    """The per-step table's column names: the loss, then each compared run's gaps, then the noise floor."""
-    compared = [label for label, *_ in trajectory.runs[1:-1]]
-    return ["step", "loss"] + [f"{label} {group}" for label in compared for group in GROUPS] + \
+    """The per-step table's column names: the loss, then each compared run's gaps, then the noise envelope."""
+    return ["step", "loss"] + [f"{info.label} {group}" for info in trajectory.compared() for group in GROUPS] + \
         [f"noise {group}" for group in GROUPS]
 
 
 def step_row(step, trajectory):
     """The cells of ``step`` (1-based) under ``columns``; a gap above its bound is marked with !."""
     index = step - 1
-    cells = [str(step), f"{trajectory.losses[index][trajectory.runs[0][0]]:.6f}"]
+    cells = [str(step), f"{trajectory.losses[index][trajectory.runs[0].label]:.6f}"]
     for label, per_group in trajectory.gaps[index].items():
         cells += [f"{gap:.1e}" + ("!" if not gap <= trajectory.bounds[index][label][group] else "")
                   for group, gap in per_group.items()]
@@ -254,14 +297,21 @@ def format_row(cells):
     return "  ".join(cell.rjust(WIDTH) if i else cell.rjust(4) for i, cell in enumerate(cells))
 
 
+def noise_runs(trajectory):
+    """What the noise columns are, in words."""
+    first = trajectory.runs[0].framework
+    return (f"the worst of {first} float32 from the start and from {TRAJECTORY_NOISE_PERTURBED} starts moved one "
+            f"ulp, against {first} float64")
+
+
 def header(trajectory, dtype, optimizer):
     """The lines printed above the per-step table: what a gap is and which runs fell back to float32."""
-    first, *_ = trajectory.runs[0]
+    first = trajectory.runs[0].label
     lines = [f"gaps to {first} after each step: max|got - want| / max|want|, the worst array of the group; "
-             f"noise = {first} float32 against {first} float64; ! = above its bound"]
-    for label, framework, run_dtype, fallback in trajectory.runs[1:-1]:
-        if fallback:
-            lines.append(f"{framework} runs in float32: it cannot train in float64 on this CPU ({fallback})")
+             f"! = above its bound", f"noise = {noise_runs(trajectory)}"]
+    for info in trajectory.compared():
+        if info.fallback:
+            lines.append(f"{info.framework} runs in float32: it cannot train in float64 on this CPU ({info.fallback})")
     names = [name.replace("running statistics", "running").replace("parameters", "params") for name in columns(trajectory)]
     lines.append(format_row(names))
     return "\n".join(lines)
@@ -270,7 +320,7 @@ def header(trajectory, dtype, optimizer):
 def summary(trajectory):
     """One line per compared run and group: its worst gap, the bound there, PASS or FAIL."""
     lines = [f"{'framework':<12} {'dtype':<8} {'group':<19} {'worst gap':>10} {'at step':>7} {'bound':>9}  status"]
-    for label, framework, dtype, fallback in trajectory.runs[1:-1]:
+    for label, framework, dtype, fallback, _ in trajectory.compared():
         for group in GROUPS:
             ratios = [(trajectory.gaps[i][label][group] / trajectory.bounds[i][label][group], i)
                       for i in range(len(trajectory.gaps))]
@@ -282,12 +332,15 @@ def summary(trajectory):
 
 
 def as_json(trajectory, settings):
-    """The run as JSON-ready data: settings, runs, per-step gaps and bounds."""
+    """The run as JSON-ready data: settings, runs, per-step gaps, bounds and noise (each member's and the envelope)."""
     return {**settings,
-            "runs": [{"label": label, "framework": framework, "dtype": dtype, "float64_fallback": fallback or None}
-                     for label, framework, dtype, fallback in trajectory.runs],
+            "runs": [{"label": label, "framework": framework, "dtype": dtype, "float64_fallback": fallback or None,
+                      "role": role}
+                     for label, framework, dtype, fallback, role in trajectory.runs],
+            "noise": noise_runs(trajectory),
             "steps": [{"step": i + 1, "loss": trajectory.losses[i], "gaps": trajectory.gaps[i],
-                       "bounds": trajectory.bounds[i], "noise": trajectory.noise[i]}
+                       "bounds": trajectory.bounds[i], "noise": trajectory.noise[i],
+                       "noise_members": trajectory.noise_members[i]}
                       for i in range(len(trajectory.losses))],
             "failures": [dict(zip(("step", "framework", "group", "gap", "bound"), failure))
                          for failure in trajectory.failures()],
@@ -295,7 +348,7 @@ def as_json(trajectory, settings):
 
 
 def plot(trajectory, path):
-    """The gaps of every compared run, the noise floor and the bounds, per step, on log axes."""
+    """The gaps of every compared run, the noise envelope and the bounds, per step, on log axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,15 +358,15 @@ def plot(trajectory, path):
     tiny = 1e-18  # a gap of exactly 0 has no place on a log axis
     figure, axes = pyplot.subplots(1, len(GROUPS), figsize=(5 * len(GROUPS), 4), sharey=True)
     for axis, group in zip(axes, GROUPS):
-        for label, *_ in trajectory.runs[1:-1]:
+        for label, *_ in trajectory.compared():
             line, = axis.semilogy(steps, [max(g[label][group], tiny) for g in trajectory.gaps], label=label)
             axis.semilogy(steps, [b[label][group] for b in trajectory.bounds], ":", color=line.get_color(),
                           label=f"{label} bound")
         axis.semilogy(steps, [max(n[group], tiny) for n in trajectory.noise], "k--",
-                      label=f"noise ({trajectory.runs[-1][0]})")
+                      label=f"noise ({len(trajectory.noise_members[0])} {trajectory.runs[0].framework} float32 runs)")
         axis.set_title(group)
         axis.set_xlabel("step")
-    axes[0].set_ylabel(f"relative gap to {trajectory.runs[0][0]}")
+    axes[0].set_ylabel(f"relative gap to {trajectory.runs[0].label}")
     axes[-1].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=100)

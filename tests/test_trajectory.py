@@ -15,7 +15,8 @@ pytest.importorskip("torch")
 pytest.importorskip("mindspore")
 pytest.importorskip("jittor")
 
-from rbn import cli, frameworks, trajectory  # noqa: E402
+from rbn import checkpoint, cli, frameworks, trajectory  # noqa: E402
+from rbn_reference.tolerances import TRAJECTORY_NOISE_PERTURBED  # noqa: E402
 from tolerances import trajectory_bound  # noqa: E402
 
 STEPS = 3  # momentum acts from the second step on
@@ -33,9 +34,19 @@ def test_the_three_frameworks_follow_one_trajectory(real_run):
     status, out, report = real_run
     assert status == 0, report["failures"]
     assert report["passed"] and [step["step"] for step in report["steps"]] == list(range(1, STEPS + 1))
-    compared = [run for run in report["runs"][1:-1]]
+    compared = [run for run in report["runs"] if run["role"] == "compared"]
     assert [run["framework"] for run in compared] == list(frameworks.names()[1:])
+    # The noise floor is an envelope: torch float32 from the start and from the perturbed starts,
+    # each against torch float64; the noise of a step is the worst of them, the floor its running max.
+    members = [run["label"] for run in report["runs"] if run["framework"] == "torch" and run["dtype"] == "float32"]
+    assert len(members) == 1 + TRAJECTORY_NOISE_PERTURBED
     for step in report["steps"]:
+        assert sorted(step["noise_members"]) == sorted(members)
+        for group, noise in step["noise"].items():
+            assert noise == max(step["noise_members"][member][group] for member in members)
+            assert 0 < noise < 1e-5  # a few steps from one start: rounding, no discrete event yet
+        # Perturbed by an ulp, the members do not follow the plain float32 run to the bit.
+        assert len({step["noise_members"][member]["parameters"] for member in members}) > 1
         losses = np.array(list(step["loss"].values()))
         assert np.isfinite(losses).all() and losses.min() > 0
         for run in compared:
@@ -60,6 +71,29 @@ def test_the_start_moves_every_calibration_parameter():
         values = [array for name, array in arrays.items()
                   if name.endswith("." + leaf) and name.rpartition(".")[0] + ".running_mean" in arrays]
         assert values and all(np.abs(array - init).max() > 0.1 for array in values), leaf
+
+
+def test_a_perturbed_start_moves_every_value_one_ulp():
+    start = checkpoint.Checkpoint(trajectory.initial_arrays("torch", "resnet20", 0, 10, 1), {"arch": "resnet20"})
+    moved = trajectory.perturbed_start(start, 0, 1)
+    assert moved.metadata == start.metadata and sorted(moved.arrays) == sorted(start.arrays)
+    directions = []
+    for name, array in start.arrays.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            assert np.array_equal(moved.arrays[name], array), name
+            continue
+        step = moved.arrays[name].astype(np.float64) - array.astype(np.float64)
+        assert moved.arrays[name].dtype == np.float32
+        # One ulp: the spacing above |value|, or half of it going down from a power of two.
+        ulp = np.spacing(np.abs(array))
+        assert np.all((np.abs(step) == ulp) | (np.abs(step) == ulp / 2)), name
+        directions.append(np.sign(step).ravel())
+    directions = np.concatenate(directions)
+    assert np.all(directions != 0) and 0.45 < np.mean(directions > 0) < 0.55
+    # Seeded: the same member moves the same way; another member, another way.
+    assert all(np.array_equal(a, trajectory.perturbed_start(start, 0, 1).arrays[n]) for n, a in moved.arrays.items())
+    other = trajectory.perturbed_start(start, 0, 2).arrays
+    assert any(not np.array_equal(a, other[n]) for n, a in moved.arrays.items())
 
 
 def planted(monkeypatch, framework, **overrides):
