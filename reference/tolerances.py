@@ -182,7 +182,9 @@ WHOLE_NETWORK_GRADIENT_RTOL = TOLERANCES["float32"].rtol
 # Before its jump each run is 3-7e-7 from float64, MindSpore's as torch's. The jumps are events,
 # not errors: the torch run of the last row that jumped at step 10 made MindSpore's jump to two
 # digits (2.0e-4 in layer2.1.conv1.weight, 1.5e-4 in layer2.0.conv2.weight, 1.3e-4 in
-# layer2.1.bn1.bias). One ulp is the rounding a float32 start carries anyway; more is not
+# layer2.1.bn1.bias), and after step 10 MindSpore's parameters are 6.5e-7 from that run's (both
+# 2.0e-4 from float64 and from the unmoved float32 run); the two part at the next event (7.3e-4
+# at step 11). One ulp is the rounding a float32 start carries anyway; more is not
 # rounding: starts moved by up to 4 ulps jump at steps 3-4 (4 of 16 runs), by 16 ulps at steps
 # 2-3 (12 of 16), where no unmoved float32 run does, and such a floor would lift the float64
 # bound above the planted mistakes.
@@ -193,7 +195,7 @@ WHOLE_NETWORK_GRADIENT_RTOL = TOLERANCES["float32"].rtol
 # costs one more run of the first framework (~10 s for 50 steps of resnet20 here).
 # What the envelope does not bound: an event that the first framework's rounding meets rarely and
 # another framework's often. MindSpore meets step 10's in 5 of 7 starts, torch in at most 1 of 17
-# (its float32 Conv2D is as accurate as torch's, but rounds the other way there); an envelope
+# (its float32 Conv2D is as accurate as torch's; it rounds differently); an envelope
 # that caught it in 95% of runs would need ~50 torch runs. So `rbn trajectory`'s default run
 # fails MindSpore from step 10 on: noise, by the table above, that this bound cannot tell from an
 # error. Open; the bound is not widened for it (that would pass real errors of 1e-4 too).
