@@ -2,8 +2,9 @@
 
 The real frameworks must pass; planted mistakes in one framework's training (a wrong momentum,
 a missing weight decay, a running-statistics update off by one in the unbiased count) must
-each fail it (exit status 1); bad input must exit 2 and write nothing. A few steps at the
-digits' native 8x8 keep it fast.
+each fail it (exit status 1), judged by free-running gaps in float64 and by restarted one-step
+gaps in float32; bad input must exit 2 and write nothing. A few steps at the digits' native 8x8
+keep it fast.
 """
 
 import json
@@ -38,7 +39,8 @@ def test_the_three_frameworks_follow_one_trajectory(real_run):
     assert [run["framework"] for run in compared] == list(frameworks.names()[1:])
     # The noise floor is an envelope: torch float32 from the start and from the perturbed starts,
     # each against torch float64; the noise of a step is the worst of them, the floor its running max.
-    members = [run["label"] for run in report["runs"] if run["framework"] == "torch" and run["dtype"] == "float32"]
+    members = [run["label"] for run in report["runs"]
+               if run["framework"] == "torch" and run["dtype"] == "float32" and run["role"] in ("reference", "noise")]
     assert len(members) == 1 + TRAJECTORY_NOISE_PERTURBED
     for step in report["steps"]:
         assert sorted(step["noise_members"]) == sorted(members)
@@ -49,14 +51,31 @@ def test_the_three_frameworks_follow_one_trajectory(real_run):
         assert len({step["noise_members"][member]["parameters"] for member in members}) > 1
         losses = np.array(list(step["loss"].values()))
         assert np.isfinite(losses).all() and losses.min() > 0
+        # The 1-step noise: torch float32 restarted from torch float64's state before the step, and
+        # from it moved one ulp; the envelope of them against torch float64's step.
+        restart_members = step["restart_noise_members"]
+        assert len(restart_members) == 1 + TRAJECTORY_NOISE_PERTURBED
+        for group, noise in step["restart_noise"].items():
+            assert noise == max(gaps[group] for gaps in restart_members.values())
+            assert 0 < noise < 1e-6  # one step's float32 rounding
         for run in compared:
-            for group, gap in step["gaps"][run["label"]].items():
-                assert gap <= step["bounds"][run["label"]][group], (step["step"], run["label"], group)
-                floor = max(past["noise"][group] for past in report["steps"][:step["step"]])
-                assert step["bounds"][run["label"]][group] == trajectory_bound(run["dtype"], floor)
-    # A framework that cannot train in float64 says why, and runs (and is judged) in float32.
+            label = run["label"]
+            if run["judged_by"] == "restarted":
+                judged, noise = step["restarted_gaps"][label], step["restart_noise"]
+                assert 0 < max(judged.values()) < 2e-6  # one step from torch's state: rounding only
+            else:
+                judged = step["gaps"][label]
+                noise = {group: max(past["noise"][group] for past in report["steps"][:step["step"]])
+                         for group in judged}
+            for group, gap in judged.items():
+                assert gap <= step["bounds"][label][group], (step["step"], label, group)
+                assert step["bounds"][label][group] == trajectory_bound(run["dtype"], noise[group])
+    # A framework that cannot train in float64 says why, runs in float32 and is judged by its
+    # restarted one-step gaps; a float64 one by its free-running gaps.
     for run in compared:
         assert (run["dtype"] == "float32") == (run["float64_fallback"] is not None), run
+        assert run["judged_by"] == ("restarted" if run["dtype"] == "float32" else "free-running"), run
+        assert all((run["label"] in step["restarted_gaps"]) == (run["dtype"] == "float32") for step in report["steps"])
     # The start moved the calibration away from its no-op init and the steps moved the weights.
     first = report["steps"][0]["loss"][report["runs"][0]["label"]]
     assert first != report["steps"][-1]["loss"][report["runs"][0]["label"]]
@@ -118,8 +137,11 @@ def off_by_one(monkeypatch, framework):
     monkeypatch.setattr(functional, "_update_running_stats", update)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mistake", ["wrong momentum", "no weight decay", "running statistics off by one"])
-def test_a_planted_mistake_fails_the_command(mistake, monkeypatch, tmp_path):
+def test_a_planted_mistake_fails_the_command(mistake, dtype, monkeypatch, tmp_path):
+    """float64: Jittor's free-running gaps to torch float64; float32: Jittor float32's restarted
+    one-step gaps to torch float32, which a mistake moves at every step it acts in."""
     if mistake == "wrong momentum":
         planted(monkeypatch, "jittor", momentum=0.8)
     elif mistake == "no weight decay":
@@ -127,12 +149,20 @@ def test_a_planted_mistake_fails_the_command(mistake, monkeypatch, tmp_path):
     else:
         off_by_one(monkeypatch, "jittor")
     out = tmp_path / "out"
-    assert cli.main(["trajectory", *FAST, "--frameworks", "torch,jittor", "--out", str(out)]) == 1
+    assert cli.main(["trajectory", *FAST, "--frameworks", "torch,jittor", "--dtype", dtype, "--out", str(out)]) == 1
     report = json.loads((out / "trajectory.json").read_text())
     failing = {(failure["framework"], failure["group"]) for failure in report["failures"]}
     assert failing and {framework for framework, _ in failing} == {"jittor"}
     if mistake == "running statistics off by one":
         assert ("jittor", "running statistics") in failing
+    judged = "restarted_gaps" if dtype == "float32" else "gaps"
+    for failure in report["failures"]:
+        assert failure["gap"] == report["steps"][failure["step"] - 1][judged]["jittor"][failure["group"]]
+    # A momentum acts from the second step on, the others from the first; restarted, each step
+    # shows it afresh.
+    steps = {failure["step"] for failure in report["failures"]}
+    if dtype == "float32":
+        assert steps == ({2, 3} if mistake == "wrong momentum" else {1, 2, 3}), steps
 
 
 @pytest.mark.parametrize("arguments, message", [
