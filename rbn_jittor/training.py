@@ -86,14 +86,11 @@ class Trainer:
         return {name: buffer.numpy().copy() for name, buffer in self._buffers()}
 
     def load_state(self, arrays, momentum_buffers):
-        """Restart training from a state: the model's parameters, running statistics and batch
-        counts from canonical ``arrays`` (what ``state_dict_to_numpy`` gives; strictly, as
-        ``load_numpy_state_dict``) and the optimizer's ``momentum_buffers`` (what
-        :meth:`momentum_buffers` gives), each cast to its parameter's dtype.
+        """Restart training from a state, as ``rbn_torch.training.Trainer.load_state`` does.
 
         Args:
-            arrays (dict): canonical name -> array, the model's whole state dict.
-            momentum_buffers (dict): parameter name -> array, one for every trained parameter.
+            arrays (dict): the model's whole state dict, loaded with ``load_numpy_state_dict``.
+            momentum_buffers (dict): :meth:`momentum_buffers`'s, of the parameters that are not ``stop_grad``.
 
         Example::
 

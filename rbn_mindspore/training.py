@@ -103,18 +103,15 @@ class Trainer:
         return {name: moment.asnumpy().copy() for name, moment in self._moments()}
 
     def load_state(self, arrays, momentum_buffers):
-        """Restart training from a state: the model's parameters, running statistics and batch
-        counts from canonical ``arrays`` (what ``state_dict_to_numpy`` gives, every name of it) and
-        the optimizer's ``momentum_buffers`` (what :meth:`momentum_buffers` gives), each cast to
-        its Parameter's dtype.
+        """Restart training from a state, as ``rbn_torch.training.Trainer.load_state`` does.
 
         The values are copied into each Parameter's memory (``copy_``), which the compiled train
         step reads: after a ``set_data`` (as ``load_numpy_state_dict`` does) the compiled step goes
         on reading the old values (measured).
 
         Args:
-            arrays (dict): canonical name -> array, the model's whole state dict.
-            momentum_buffers (dict): canonical parameter name -> array, one for every trainable parameter.
+            arrays (dict): the model's whole state dict under canonical names, every name of it.
+            momentum_buffers (dict): :meth:`momentum_buffers`'s, of every trainable Parameter.
 
         Examples:
             >>> import numpy as np
