@@ -229,8 +229,9 @@ def build_parser():
         description="Load one seeded RBN network into each framework through the neutral checkpoint, train it "
                     "with each framework's own optimizer on the same batches, and print after each step the "
                     "worst relative gap to the first framework of the loss, the parameters and the running "
-                    "statistics. Exit status 1 when a gap passes its bound (rbn_reference.tolerances."
-                    "trajectory_bound), 2 on bad input (nothing written).")
+                    "statistics. A float32 run is judged by one-step gaps: each step also taken from the first "
+                    "framework's state before it. Exit status 1 when a judged gap passes its bound "
+                    "(rbn_reference.tolerances.trajectory_bound), 2 on bad input (nothing written).")
     trajectory.add_arguments(trajectory_parser)
     trajectory_parser.set_defaults(handler=trajectory.command)
     training.add_parser(commands)

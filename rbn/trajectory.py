@@ -9,9 +9,22 @@ NumPy batches, dropout off. After every step the loss, the parameters and the ru
 of each framework are compared with the first framework's: the gap is ``max|got - want| /
 max|want|`` per array (the project's norm-wise measure), the worst over the arrays of a group.
 
-The bounds are ``rbn_reference.tolerances.trajectory_bound``: float64 runs must agree to far
-below float32 noise; float32 runs are held to a multiple of the noise floor measured in the same
-run, the first framework in float32 against itself in float64.
+The bounds are ``rbn_reference.tolerances.trajectory_bound``. Float64 runs must agree to far
+below the float32 noise floor measured in the same run. The floor is an envelope: the first
+framework in float32 is run from the start and from ``TRAJECTORY_NOISE_PERTURBED`` copies of it
+with every value moved one float32 ulp (``perturbed_start``), each against the first framework
+in float64; the floor is the worst gap of them all, up to the step (a single float32 run cannot
+bound a discrete event, such as an activation crossing zero, that rounding triggers at a
+different step in another run).
+
+Float32 runs are judged step by step instead, since free-running float32 training meets such
+events at steps its own rounding decides, and no small envelope of another framework's runs
+holds them: before every step the first framework's state (parameters, running statistics,
+batch counts, momentum buffers; ``Trainer.load_state``) is loaded into a second copy of the
+float32 framework, which takes the step; its gap to the first framework after it (the 1-step
+gap) must stay within a multiple of the same step's 1-step noise (the first framework in the
+other dtype, restarted from that state and from copies of it moved one ulp). Their free-running
+gaps are still reported.
 """
 
 import json
@@ -23,8 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rbn_reference import CALIBRATION_NAMES
-from rbn_reference.tolerances import trajectory_bound
-
+from rbn_reference.tolerances import TRAJECTORY_NOISE_PERTURBED, trajectory_bound
 
 from . import checkpoint, frameworks, training
 from .files import atomic_output
@@ -40,13 +52,22 @@ class TrajectoryError(ValueError):
     """Bad input: an unknown framework or architecture, a bad step count, an unwritable --out."""
 
 
-class Run(NamedTuple):
-    """One training run: a framework at a dtype, with its model and its optimizer."""
+class RunInfo(NamedTuple):
+    """What a :class:`Trajectory` keeps of a run."""
 
-    label: str  # how it is printed: the framework, or e.g. "torch float64" for the noise reference
+    label: str  # how it is printed: the framework, or e.g. "torch float64" for a noise run
     framework: str
     dtype: str  # the dtype it runs in
     fallback: str  # why it runs in float32 where float64 was asked; "" otherwise
+    # "reference" (the first framework), "compared", "noise" (measures the floor only), or
+    # "restarted" (one step from the reference's state before each step, see ``run``)
+    role: str
+
+
+class Run(NamedTuple):
+    """One training run: a framework at a dtype, with its model and its optimizer."""
+
+    info: RunInfo
     porting: object
     model: object
     trainer: object
@@ -133,16 +154,42 @@ def gaps(state, loss, reference_state, reference_loss):
     return worst
 
 
+def envelope(member_gaps):
+    """The noise of one step: each group's worst gap over the noise members' ``{group: gap}``."""
+    return {group: max(gaps_of[group] for gaps_of in member_gaps) for group in GROUPS}
 
 
-def start(framework, start_checkpoint, arch, dtype, optimizer, label=None, fallback=""):
+def perturbed_start(start_checkpoint, seed, member):
+    """``start_checkpoint`` with every floating value moved one float32 ulp up or down, at random.
+
+    The directions are drawn from ``(seed, member)``. One ulp is the rounding a float32
+    computation of the start would carry anyway; a run from here is another sample of float32
+    training's rounding, not a different start (see the tolerances' "Training trajectories").
+    """
+    return checkpoint.Checkpoint(moved_one_ulp(start_checkpoint.arrays, [seed, member]), start_checkpoint.metadata)
+
+
+def moved_one_ulp(arrays, key):
+    """``arrays`` (name -> array) in float32, every floating value moved one float32 ulp up or down at
+    random (directions drawn from ``key``, anything ``numpy.random.default_rng`` takes); integers kept."""
+    rng = np.random.default_rng(key)
+    moved = {}
+    for name, array in sorted(arrays.items()):
+        if np.issubdtype(array.dtype, np.floating):
+            array = np.asarray(array, np.float32)
+            array = np.nextafter(array, np.where(rng.random(array.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
+        moved[name] = array
+    return moved
+
+
+def start(framework, start_checkpoint, arch, dtype, optimizer, label=None, fallback="", role="compared"):
     """A :class:`Run`: ``arch`` in ``framework`` loaded from the neutral checkpoint, in ``dtype``."""
     porting, model = checkpoint.build_model(framework, start_checkpoint, arch)
     framework_training = frameworks.import_module(framework, f"{frameworks.get(framework).package}.training")
     model = framework_training.cast(model, dtype)
     momentum, weight_decay = optimizer
     trainer = framework_training.Trainer(model, momentum=momentum, weight_decay=weight_decay)
-    return Run(label or framework, framework, dtype, fallback, porting, model, trainer)
+    return Run(RunInfo(label or framework, framework, dtype, fallback, role), porting, model, trainer)
 
 
 def float64_fallback(framework, start_checkpoint, arch):
@@ -166,20 +213,38 @@ def float64_fallback(framework, start_checkpoint, arch):
     return ""
 
 
+def restarted(info):
+    """Whether a compared run is judged by its restarted one-step gaps: it runs in float32 (see ``run``)."""
+    return info.dtype == "float32"
+
+
 class Trajectory(NamedTuple):
     """What ``run`` measured: per step, each run's loss and each compared run's gaps and bounds."""
 
-    runs: list  # the Runs' (label, framework, dtype, fallback), first framework first, noise reference last
+    runs: list  # RunInfo of each run: the first framework, the compared ones, the noise runs, the restarted ones
     losses: list  # per step: {label: loss}
-    gaps: list  # per step: {label: {group: gap}} for every framework but the first
-    noise: list  # per step: {group: gap of the first framework in float32 to itself in float64}
-    bounds: list  # per step: {label: {group: bound}}
+    gaps: list  # per step: {label: {group: gap}} free-running, for every framework but the first
+    noise_members: list  # per step: {label: {group: gap}}, each float32 run of the first framework to its float64
+    noise: list  # per step: the envelope of noise_members, {group: worst gap}
+    restarted_gaps: list  # per step: {label: {group: gap}}, one step from the reference's state, float32 runs only
+    restart_noise_members: list  # per step: {label: {group: gap}}, the same for the first framework in the other dtype
+    restart_noise: list  # per step: the envelope of restart_noise_members, {group: worst gap}; {} without restarts
+    bounds: list  # per step: {label: {group: bound}} of the gaps each run is judged by (``judged``)
     start: checkpoint.Checkpoint  # the neutral checkpoint every run started from
 
+    def compared(self):
+        """The RunInfo of every framework but the first."""
+        return [info for info in self.runs if info.role == "compared"]
+
+    def judged(self, step, label):
+        """``{group: gap}`` that bounds[step][label] applies to: restarted for float32 runs, else free-running."""
+        return self.restarted_gaps[step][label] if label in self.restarted_gaps[step] else self.gaps[step][label]
+
     def failures(self):
-        return [(step + 1, label, group, gap, self.bounds[step][label][group])
-                for step, per_label in enumerate(self.gaps) for label, per_group in per_label.items()
-                for group, gap in per_group.items() if not gap <= self.bounds[step][label][group]]
+        return [(step + 1, info.label, group, gap, self.bounds[step][info.label][group])
+                for step in range(len(self.gaps)) for info in self.compared()
+                for group, gap in self.judged(step, info.label).items()
+                if not gap <= self.bounds[step][info.label][group]]
 
 
 def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype="float64", optimizer="momentum",
@@ -187,6 +252,19 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     """Train the seeded start in every framework of ``names``; return the :class:`Trajectory`.
 
     Raises TrajectoryError if the first framework cannot train in float64 (it measures the noise floor).
+
+    Besides the frameworks of ``names``, the first framework runs in the other dtype of the two,
+    and in float32 from ``TRAJECTORY_NOISE_PERTURBED`` perturbed starts: the noise runs.
+
+    Float32 runs (a framework that cannot train in float64, or every one with ``dtype``
+    "float32") are judged step by step: before each step the reference's state (parameters,
+    running statistics, batch counts, momentum buffers) is loaded into a second copy of the
+    framework, which takes that one step; its gap to the reference after the step is the step's
+    restarted gap. Free-running float32 training is chaotic (see the tolerances), a restarted step
+    carries one step's rounding only. Its bound scales with the step's 1-step noise: the worst
+    restarted gap of the first framework in the other dtype, from the same state and from
+    ``TRAJECTORY_NOISE_PERTURBED`` copies of it moved one ulp. Float64 runs are judged by their
+    free-running gaps.
 
     The batches are ``rbn train``'s: the digits dataset (8x8 grey images of 10 digits) in its
     seeded order. ``report(step, trajectory)`` is called after every step.
@@ -203,47 +281,99 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     if fallbacks[first]:
         raise TrajectoryError(f"the first framework measures the float32 noise floor against itself in float64, and "
                               f"{first} cannot train in float64 here ({fallbacks[first]}); put another one first")
-    runs = [start(name, start_checkpoint, arch, "float32" if fallbacks[name] else dtype, OPTIMIZERS[optimizer],
-                  fallback=fallbacks[name]) for name in names]
+    settings = OPTIMIZERS[optimizer]
+    runs = [start(name, start_checkpoint, arch, "float32" if fallbacks[name] else dtype, settings,
+                  fallback=fallbacks[name], role="reference" if name == first else "compared") for name in names]
     other = "float32" if dtype == "float64" else "float64"
-    runs.append(start(first, start_checkpoint, arch, other, OPTIMIZERS[optimizer], label=f"{first} {other}"))
-    single = {dtype: runs[0], other: runs[-1]}
-    trajectory = Trajectory([(r.label, r.framework, r.dtype, r.fallback) for r in runs], [], [], [], [], start_checkpoint)
+    runs.append(start(first, start_checkpoint, arch, other, settings, label=f"{first} {other}", role="noise"))
+    runs += [start(first, perturbed_start(start_checkpoint, seed, member), arch, "float32", settings,
+                   label=f"{first} float32 perturbed {member}", role="noise")
+             for member in range(1, TRAJECTORY_NOISE_PERTURBED + 1)]
+    # One restarted copy per float32 run, keyed by the run it stands for, and the 1-step noise
+    # members: the first framework in the other dtype, restarted from the reference's state and
+    # from it moved one ulp (seeded by the member and the step).
+    restarts = {r.info.label: start(r.info.framework, start_checkpoint, arch, r.info.dtype, settings,
+                                    label=f"{r.info.label} restarted", role="restarted")
+                for r in runs if r.info.role == "compared" and restarted(r.info)}
+    restart_members = [start(first, start_checkpoint, arch, other, settings, role="restarted",
+                             label=f"{first} {other} restarted" + (f", moved {member}" if member else ""))
+                       for member in range(TRAJECTORY_NOISE_PERTURBED + 1)] if restarts else []
+    reference = runs[0]
+    float64_label = first if dtype == "float64" else f"{first} float64"
+    members = [r.info.label for r in runs if r.info.framework == first and r.info.dtype == "float32"]
+    trajectory = Trajectory([r.info for r in runs + list(restarts.values()) + restart_members],
+                            [], [], [], [], [], [], [], [], start_checkpoint)
     for step, (x, y) in enumerate(batches(data, steps, batch_size, seed)):
+        # Copies: PyTorch's state dict arrays are views of the tensors its step updates in place.
+        state = reference.porting.state_dict_to_numpy(reference.model)
+        before = ({name: array.copy() for name, array in state.items()}, reference.trainer.momentum_buffers())
+        for member, r in enumerate(restart_members):
+            r.trainer.load_state(*(before if not member else
+                                   (moved_one_ulp(arrays, [seed, member, step]) for arrays in before)))
+        for r in restarts.values():
+            r.trainer.load_state(*before)
         losses, states = {}, {}
-        for r in runs:
-            losses[r.label] = r.trainer.step(x.astype(r.dtype), y, lr)
-            states[r.label] = r.porting.state_dict_to_numpy(r.model)
-        reference = runs[0].label
-        noise = gaps(states[single["float32"].label], losses[single["float32"].label],
-                     states[single["float64"].label], losses[single["float64"].label])
+        for r in runs + list(restarts.values()) + restart_members:
+            losses[r.info.label] = r.trainer.step(x.astype(r.info.dtype), y, lr)
+            states[r.info.label] = r.porting.state_dict_to_numpy(r.model)
+        member_gaps = {label: gaps(states[label], losses[label], states[float64_label], losses[float64_label])
+                       for label in members}
+        noise = envelope(member_gaps.values())
         floor = {group: max([noise[group]] + [past[group] for past in trajectory.noise]) for group in GROUPS}
+        one_step = {label: gaps(states[r.info.label], losses[r.info.label], states[first], losses[first])
+                    for label, r in restarts.items()}
+        restart_member_gaps = {r.info.label: gaps(states[r.info.label], losses[r.info.label], states[first],
+                                                  losses[first]) for r in restart_members}
+        restart_noise = envelope(restart_member_gaps.values()) if restart_members else {}
         trajectory.losses.append(losses)
+        trajectory.noise_members.append(member_gaps)
         trajectory.noise.append(noise)
-        trajectory.gaps.append({r.label: gaps(states[r.label], losses[r.label], states[reference], losses[reference])
-                                for r in runs[1:-1]})
-        trajectory.bounds.append({r.label: {group: trajectory_bound(r.dtype, floor[group]) for group in GROUPS}
-                                  for r in runs[1:-1]})
+        trajectory.restarted_gaps.append(one_step)
+        trajectory.restart_noise_members.append(restart_member_gaps)
+        trajectory.restart_noise.append(restart_noise)
+        trajectory.gaps.append({info.label: gaps(states[info.label], losses[info.label], states[first], losses[first])
+                                for info in trajectory.compared()})
+        trajectory.bounds.append({info.label: {group: trajectory_bound(info.dtype, judged_noise[group])
+                                               for group in GROUPS}
+                                  for info in trajectory.compared()
+                                  for judged_noise in [restart_noise if restarted(info) else floor]})
         if report is not None:
             report(step + 1, trajectory)
     return trajectory
 
 
 def columns(trajectory):
-    """The per-step table's column names: the loss, then each compared run's gaps, then the noise floor."""
-    compared = [label for label, *_ in trajectory.runs[1:-1]]
-    return ["step", "loss"] + [f"{label} {group}" for label in compared for group in GROUPS] + \
-        [f"noise {group}" for group in GROUPS]
+    """The per-step table's column names: the loss, then each compared run's free-running gaps (and for
+    a float32 run its restarted one-step gaps), then the noise envelope (and the first framework's
+    one-step gaps in the other dtype)."""
+    names = ["step", "loss"]
+    for info in trajectory.compared():
+        names += [f"{info.label} {group}" for group in GROUPS]
+        if restarted(info):
+            names += [f"{info.label} 1-step {group}" for group in GROUPS]
+    names += [f"noise {group}" for group in GROUPS]
+    if trajectory.restart_noise[0]:
+        names += [f"1-step noise {group}" for group in GROUPS]
+    return names
 
 
 def step_row(step, trajectory):
-    """The cells of ``step`` (1-based) under ``columns``; a gap above its bound is marked with !."""
+    """The cells of ``step`` (1-based) under ``columns``; a judged gap above its bound is marked with !."""
     index = step - 1
-    cells = [str(step), f"{trajectory.losses[index][trajectory.runs[0][0]]:.6f}"]
-    for label, per_group in trajectory.gaps[index].items():
-        cells += [f"{gap:.1e}" + ("!" if not gap <= trajectory.bounds[index][label][group] else "")
-                  for group, gap in per_group.items()]
-    return cells + [f"{trajectory.noise[index][group]:.1e}" for group in GROUPS]
+    bounds = trajectory.bounds[index]
+
+    def cells_of(gaps_of, label=None):
+        return [f"{gap:.1e}" + ("!" if label and not gap <= bounds[label][group] else "")
+                for group, gap in gaps_of.items()]
+
+    cells = [str(step), f"{trajectory.losses[index][trajectory.runs[0].label]:.6f}"]
+    for info in trajectory.compared():
+        if restarted(info):
+            cells += cells_of(trajectory.gaps[index][info.label]) + \
+                cells_of(trajectory.restarted_gaps[index][info.label], info.label)
+        else:
+            cells += cells_of(trajectory.gaps[index][info.label], info.label)
+    return cells + cells_of(trajectory.noise[index]) + cells_of(trajectory.restart_noise[index])
 
 
 WIDTH = 10
@@ -254,40 +384,75 @@ def format_row(cells):
     return "  ".join(cell.rjust(WIDTH) if i else cell.rjust(4) for i, cell in enumerate(cells))
 
 
+def noise_runs(trajectory):
+    """What the noise columns are, in words."""
+    first = trajectory.runs[0].framework
+    return (f"the worst of {first} float32 from the start and from {TRAJECTORY_NOISE_PERTURBED} starts moved one "
+            f"ulp, against {first} float64")
+
+
+def restart_runs(trajectory):
+    """How float32 runs are judged, in words ("" when there is none)."""
+    labels = [info.label for info in trajectory.compared() if restarted(info)]
+    if not labels:
+        return ""
+    first = trajectory.runs[0]
+    other = "float32" if first.dtype == "float64" else "float64"
+    return (f"float32 runs ({', '.join(labels)}) are judged by their 1-step gaps: each step also run from "
+            f"{first.label}'s state before it (parameters, running statistics, batch counts, momentum buffers); "
+            f"1-step noise = the worst of the same for {first.framework} {other}, from that state and from "
+            f"{TRAJECTORY_NOISE_PERTURBED} copies of it moved one ulp. Their free-running gaps are shown, not "
+            f"judged: free-running float32 training meets discrete events at steps its rounding decides")
+
+
 def header(trajectory, dtype, optimizer):
-    """The lines printed above the per-step table: what a gap is and which runs fell back to float32."""
-    first, *_ = trajectory.runs[0]
+    """The lines printed above the per-step table: what a gap is, how each run is judged and which runs
+    fell back to float32."""
+    first = trajectory.runs[0].label
     lines = [f"gaps to {first} after each step: max|got - want| / max|want|, the worst array of the group; "
-             f"noise = {first} float32 against {first} float64; ! = above its bound"]
-    for label, framework, run_dtype, fallback in trajectory.runs[1:-1]:
-        if fallback:
-            lines.append(f"{framework} runs in float32: it cannot train in float64 on this CPU ({fallback})")
+             f"! = above its bound", f"noise = {noise_runs(trajectory)}"]
+    if restart_runs(trajectory):
+        lines.append(restart_runs(trajectory))
+    for info in trajectory.compared():
+        if info.fallback:
+            lines.append(f"{info.framework} runs in float32: it cannot train in float64 on this CPU ({info.fallback})")
     names = [name.replace("running statistics", "running").replace("parameters", "params") for name in columns(trajectory)]
     lines.append(format_row(names))
     return "\n".join(lines)
 
 
 def summary(trajectory):
-    """One line per compared run and group: its worst gap, the bound there, PASS or FAIL."""
-    lines = [f"{'framework':<12} {'dtype':<8} {'group':<19} {'worst gap':>10} {'at step':>7} {'bound':>9}  status"]
-    for label, framework, dtype, fallback in trajectory.runs[1:-1]:
+    """One line per compared run and group: the gaps it is judged by (1-step for float32 runs, free
+    run for float64 ones), the worst relative to its bound, the bound there, PASS or FAIL."""
+    lines = [f"{'framework':<12} {'dtype':<8} {'judged by':<9} {'group':<19} {'worst gap':>10} {'at step':>7} "
+             f"{'bound':>9}  status"]
+    for info in trajectory.compared():
         for group in GROUPS:
-            ratios = [(trajectory.gaps[i][label][group] / trajectory.bounds[i][label][group], i)
+            ratios = [(trajectory.judged(i, info.label)[group] / trajectory.bounds[i][info.label][group], i)
                       for i in range(len(trajectory.gaps))]
             _, worst = max(ratios)
-            gap, bound = trajectory.gaps[worst][label][group], trajectory.bounds[worst][label][group]
-            lines.append(f"{label:<12} {dtype:<8} {group:<19} {gap:>10.2e} {worst + 1:>7} {bound:>9.1e}  "
-                         f"{'PASS' if gap <= bound else 'FAIL'}")
+            gap, bound = trajectory.judged(worst, info.label)[group], trajectory.bounds[worst][info.label][group]
+            lines.append(f"{info.label:<12} {info.dtype:<8} {'1 step' if restarted(info) else 'free run':<9} "
+                         f"{group:<19} {gap:>10.2e} {worst + 1:>7} {bound:>9.1e}  {'PASS' if gap <= bound else 'FAIL'}")
     return "\n".join(lines)
 
 
 def as_json(trajectory, settings):
-    """The run as JSON-ready data: settings, runs, per-step gaps and bounds."""
+    """The run as JSON-ready data: settings, runs, per-step gaps (free-running and restarted), bounds and
+    noise (each member's, the envelope, the restarted one-step noise)."""
     return {**settings,
-            "runs": [{"label": label, "framework": framework, "dtype": dtype, "float64_fallback": fallback or None}
-                     for label, framework, dtype, fallback in trajectory.runs],
+            "runs": [{"label": info.label, "framework": info.framework, "dtype": info.dtype,
+                      "float64_fallback": info.fallback or None, "role": info.role,
+                      **({"judged_by": "restarted" if restarted(info) else "free-running"}
+                         if info.role == "compared" else {})}
+                     for info in trajectory.runs],
+            "noise": noise_runs(trajectory),
+            "restarted": restart_runs(trajectory) or None,
             "steps": [{"step": i + 1, "loss": trajectory.losses[i], "gaps": trajectory.gaps[i],
-                       "bounds": trajectory.bounds[i], "noise": trajectory.noise[i]}
+                       "restarted_gaps": trajectory.restarted_gaps[i], "bounds": trajectory.bounds[i],
+                       "noise": trajectory.noise[i], "noise_members": trajectory.noise_members[i],
+                       "restart_noise": trajectory.restart_noise[i] or None,
+                       "restart_noise_members": trajectory.restart_noise_members[i] or None}
                       for i in range(len(trajectory.losses))],
             "failures": [dict(zip(("step", "framework", "group", "gap", "bound"), failure))
                          for failure in trajectory.failures()],
@@ -295,7 +460,8 @@ def as_json(trajectory, settings):
 
 
 def plot(trajectory, path):
-    """The gaps of every compared run, the noise floor and the bounds, per step, on log axes."""
+    """Per step on log axes: every compared run's free-running gaps, a float32 run's 1-step gaps, the
+    bound of the gaps each is judged by, the noise envelope and the 1-step noise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,15 +471,22 @@ def plot(trajectory, path):
     tiny = 1e-18  # a gap of exactly 0 has no place on a log axis
     figure, axes = pyplot.subplots(1, len(GROUPS), figsize=(5 * len(GROUPS), 4), sharey=True)
     for axis, group in zip(axes, GROUPS):
-        for label, *_ in trajectory.runs[1:-1]:
+        for info in trajectory.compared():
+            label = info.label
             line, = axis.semilogy(steps, [max(g[label][group], tiny) for g in trajectory.gaps], label=label)
+            if restarted(info):
+                axis.semilogy(steps, [max(g[label][group], tiny) for g in trajectory.restarted_gaps], "-.",
+                              color=line.get_color(), label=f"{label} 1-step")
             axis.semilogy(steps, [b[label][group] for b in trajectory.bounds], ":", color=line.get_color(),
-                          label=f"{label} bound")
+                          label=f"{label} {'1-step ' if restarted(info) else ''}bound")
         axis.semilogy(steps, [max(n[group], tiny) for n in trajectory.noise], "k--",
-                      label=f"noise ({trajectory.runs[-1][0]})")
+                      label=f"noise ({len(trajectory.noise_members[0])} {trajectory.runs[0].framework} float32 runs)")
+        if trajectory.restart_noise[0]:
+            axis.semilogy(steps, [max(n[group], tiny) for n in trajectory.restart_noise], "k-.",
+                          label=f"1-step noise ({len(trajectory.restart_noise_members[0])} runs)")
         axis.set_title(group)
         axis.set_xlabel("step")
-    axes[0].set_ylabel(f"relative gap to {trajectory.runs[0][0]}")
+    axes[0].set_ylabel(f"relative gap to {trajectory.runs[0].label}")
     axes[-1].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=100)

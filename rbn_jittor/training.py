@@ -7,9 +7,12 @@ with ``dampening=0`` both give :math:`v = g`. Parameters that are ``stop_grad`` 
 statistics, the RBN batch count) are skipped by the optimizer.
 """
 import jittor as jt
+import numpy as np
 from jittor import nn
+from rbn_reference import check_arrays
 
 from .models.porting import logits as eval_logits, set_mode
+from .state_dict import load_numpy_state_dict
 
 __all__ = ["Trainer", "DTYPES", "seed", "cast"]
 
@@ -61,6 +64,50 @@ class Trainer:
         loss = nn.cross_entropy_loss(self.model(as_var(x)), jt.array(y.astype("int32")))
         self.optimizer.step(loss)
         return float(loss.item())
+
+    def _buffers(self):
+        """(name, momentum buffer Var) of every trained parameter: ``jt.optim.SGD`` keeps one per
+        parameter of a group in its ``values``, skipping ``stop_grad`` ones (running statistics)."""
+        names = {id(var): name for name, var in self.model.named_parameters()}
+        return [(names[id(parameter)], buffer) for group in self.optimizer.param_groups
+                for parameter, buffer in zip(group["params"], group["values"]) if not parameter.is_stop_grad()]
+
+    def momentum_buffers(self):
+        """The optimizer's momentum buffers :math:`v` as NumPy arrays under canonical parameter names
+        (Jittor's are); zeros before the first step.
+
+        Example::
+
+            >>> from jittor import nn
+            >>> from rbn_jittor.training import Trainer
+            >>> Trainer(nn.Linear(2, 1)).momentum_buffers()["bias"]
+            array([0.], dtype=float32)
+        """
+        return {name: buffer.numpy().copy() for name, buffer in self._buffers()}
+
+    def load_state(self, arrays, momentum_buffers):
+        """Restart training from a state, as ``rbn_torch.training.Trainer.load_state`` does.
+
+        Args:
+            arrays (dict): the model's whole state dict, loaded with ``load_numpy_state_dict``.
+            momentum_buffers (dict): :meth:`momentum_buffers`'s, of the parameters that are not ``stop_grad``.
+
+        Example::
+
+            >>> import numpy as np
+            >>> from jittor import nn
+            >>> from rbn_jittor.training import Trainer
+            >>> trainer = Trainer(nn.Linear(2, 1))
+            >>> trainer.load_state({"weight": np.zeros((1, 2)), "bias": np.zeros(1)},
+            ...                    {"weight": np.ones((1, 2)), "bias": np.ones(1)})
+            >>> trainer.momentum_buffers()["weight"]
+            array([[1., 1.]], dtype=float32)
+        """
+        buffers = self._buffers()
+        check_arrays("momentum buffers", momentum_buffers, {name: tuple(buffer.shape) for name, buffer in buffers})
+        load_numpy_state_dict(self.model, arrays)
+        for name, buffer in buffers:
+            buffer.update(as_var(np.asarray(momentum_buffers[name], str(buffer.dtype))))
 
     def logits(self, x):
         """Eval-mode logits of the NumPy batch ``x`` as a NumPy array; the model's mode is restored."""

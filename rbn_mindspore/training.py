@@ -10,8 +10,10 @@ all are. The train step (forward, backward, update) runs compiled (``ms.jit``, g
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
+from rbn_reference import check_arrays
 
 from .models.porting import logits as eval_logits, set_mode
+from .state_dict import canonical_parameters
 
 __all__ = ["Trainer", "DTYPES", "seed", "cast"]
 
@@ -80,6 +82,53 @@ class Trainer:
         set_mode(self.model, True)
         loss = self._train_step(ms.Tensor(x), ms.Tensor(y.astype(np.int32)), ms.Tensor(lr, ms.float32))
         return float(loss.asnumpy())
+
+    def _moments(self):
+        """(canonical name, moment Parameter) of every parameter: ``nn.Momentum.moments`` is in the
+        order of its parameters."""
+        names = {parameter.name: name for name, parameter in canonical_parameters(self.model).items()}
+        return [(names[parameter.name], moment)
+                for parameter, moment in zip(self.optimizer.parameters, self.optimizer.moments)]
+
+    def momentum_buffers(self):
+        """The optimizer's momentum buffers :math:`v` (``nn.Momentum``'s ``moments``) as NumPy arrays
+        (copies) under canonical parameter names; zeros before the first step.
+
+        Examples:
+            >>> from mindspore import nn
+            >>> from rbn_mindspore.training import Trainer
+            >>> Trainer(nn.Dense(2, 1)).momentum_buffers()["bias"]
+            array([0.], dtype=float32)
+        """
+        return {name: moment.asnumpy().copy() for name, moment in self._moments()}
+
+    def load_state(self, arrays, momentum_buffers):
+        """Restart training from a state, as ``rbn_torch.training.Trainer.load_state`` does.
+
+        The values are copied into each Parameter's memory (``copy_``), which the compiled train
+        step reads: after a ``set_data`` (as ``load_numpy_state_dict`` does) the compiled step goes
+        on reading the old values (measured).
+
+        Args:
+            arrays (dict): the model's whole state dict under canonical names, every name of it.
+            momentum_buffers (dict): :meth:`momentum_buffers`'s, of every trainable Parameter.
+
+        Examples:
+            >>> import numpy as np
+            >>> from mindspore import nn
+            >>> from rbn_mindspore.training import Trainer
+            >>> trainer = Trainer(nn.Dense(2, 1))
+            >>> trainer.load_state({"weight": np.zeros((1, 2)), "bias": np.zeros(1)},
+            ...                    {"weight": np.ones((1, 2)), "bias": np.ones(1)})
+            >>> trainer.momentum_buffers()["weight"]
+            array([[1., 1.]], dtype=float32)
+        """
+        parameters, moments = canonical_parameters(self.model), self._moments()
+        check_arrays("state dict", arrays, {name: parameter.shape for name, parameter in parameters.items()})
+        check_arrays("momentum buffers", momentum_buffers, {name: moment.shape for name, moment in moments})
+        for target, value in [(parameters[name], arrays[name]) for name in parameters] + \
+                [(moment, momentum_buffers[name]) for name, moment in moments]:
+            target.copy_(ms.Tensor(np.asarray(value), dtype=target.dtype))
 
     def logits(self, x):
         """Eval-mode logits of the NumPy batch ``x`` as a NumPy array; the model's mode is restored."""

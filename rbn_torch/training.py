@@ -13,7 +13,10 @@ norm layers' included), :math:`\\mu` the momentum, :math:`\\eta` the step's lear
 import torch
 from torch import nn
 
+from rbn_reference import check_arrays
+
 from .models.porting import logits as eval_logits, set_mode
+from .state_dict import load_numpy_state_dict
 
 __all__ = ["Trainer", "DTYPES", "seed", "cast"]
 
@@ -61,6 +64,53 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
+
+    def momentum_buffers(self):
+        """The optimizer's momentum buffers :math:`v` as NumPy arrays (copies) under the parameters'
+        names (PyTorch's are canonical); zeros before the first step, which then gives :math:`v = g`
+        as PyTorch's missing buffer does.
+
+        Example::
+
+            >>> import torch
+            >>> from rbn_torch.training import Trainer
+            >>> Trainer(torch.nn.Linear(2, 1)).momentum_buffers()["bias"]
+            array([0.], dtype=float32)
+        """
+        buffers = {}
+        for name, parameter in self.model.named_parameters():
+            buffer = self.optimizer.state.get(parameter, {}).get("momentum_buffer")
+            if buffer is None:
+                buffer = torch.zeros_like(parameter.detach())
+            buffers[name] = buffer.detach().cpu().numpy().copy()
+        return buffers
+
+    def load_state(self, arrays, momentum_buffers):
+        """Restart training from a state: the model's parameters, running statistics and batch
+        counts from canonical ``arrays`` (what ``state_dict_to_numpy`` gives; strictly, as
+        ``load_numpy_state_dict``) and the optimizer's ``momentum_buffers`` (what
+        :meth:`momentum_buffers` gives), each cast to its parameter's dtype.
+
+        Args:
+            arrays (dict): canonical name -> array, the model's whole state dict.
+            momentum_buffers (dict): parameter name -> array, one for every parameter.
+
+        Example::
+
+            >>> import numpy as np, torch
+            >>> from rbn_torch.training import Trainer
+            >>> trainer = Trainer(torch.nn.Linear(2, 1))
+            >>> trainer.load_state({"weight": np.zeros((1, 2)), "bias": np.zeros(1)},
+            ...                    {"weight": np.ones((1, 2)), "bias": np.ones(1)})
+            >>> trainer.momentum_buffers()["weight"]
+            array([[1., 1.]], dtype=float32)
+        """
+        parameters = dict(self.model.named_parameters())
+        check_arrays("momentum buffers", momentum_buffers, {name: tuple(p.shape) for name, p in parameters.items()})
+        load_numpy_state_dict(self.model, arrays)
+        for name, parameter in parameters.items():
+            self.optimizer.state[parameter]["momentum_buffer"] = torch.tensor(momentum_buffers[name],
+                                                                             dtype=parameter.dtype)
 
     def logits(self, x):
         """Eval-mode logits of the NumPy batch ``x`` as a NumPy array; the model's mode is restored."""

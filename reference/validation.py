@@ -5,6 +5,8 @@ One wording everywhere, like the frameworks' own layers: what was expected, what
 
 import math
 
+import numpy as np
+
 from .statistics import STATISTICS
 
 
@@ -90,3 +92,11 @@ def check_state_dict(what, missing, unexpected, mis_shaped, *, strict):
         problems.append(f"unexpected keys {sorted(unexpected)}")
     if problems:
         raise StateDictError(f"cannot load {what}: " + "; ".join(problems))
+
+
+def check_arrays(what, arrays, shapes):
+    """Raise one ``StateDictError`` unless ``arrays`` has exactly the names of ``shapes`` (name ->
+    expected shape), each array in its shape."""
+    mis_shaped = {name: (shape, np.shape(arrays[name]))
+                  for name, shape in shapes.items() if name in arrays and np.shape(arrays[name]) != tuple(shape)}
+    check_state_dict(what, set(shapes) - set(arrays), set(arrays) - set(shapes), mis_shaped, strict=True)

@@ -92,6 +92,35 @@ def test_trainer_step_is_torchs_sgd_written_in_numpy(framework, steps):
                            tolerance("float32"))])
 
 
+@pytest.mark.parametrize("framework", FRAMEWORK_PARAMS)
+def test_a_trainer_restarted_from_another_ones_state_takes_its_step(framework):
+    """``load_state`` (``rbn trajectory``'s restarts): parameters, running statistics, batch counts
+    and momentum buffers of a trainer two steps in, loaded into one that has taken a step of its
+    own (MindSpore's train step is compiled by then), give the same next step to the bit."""
+    porting = checkpoint.adapter(framework)
+    training = frameworks.import_module(framework, f"rbn_{framework}.training")
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((4, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 4)) for _ in range(4)]
+    source, target = (training.Trainer(checkpoint.build(framework, "resnet20", 10, in_channels=1)) for _ in range(2))
+    for x, y in data[:2]:
+        source.step(x, y, 0.1)
+    target.step(*data[2], 0.1)
+    buffers = source.momentum_buffers()
+    assert sorted(buffers) == sorted(name for name, array in porting.state_dict_to_numpy(source.model).items()
+                                     if not name.rpartition(".")[2] in ("running_mean", "running_var",
+                                                                        "num_batches_tracked"))
+    assert all(np.abs(buffer).max() > 0 for buffer in buffers.values())
+    target.load_state({name: array.copy() for name, array in porting.state_dict_to_numpy(source.model).items()},
+                      buffers)
+    assert source.step(*data[3], 0.1) == target.step(*data[3], 0.1)
+    for mine, theirs in ((porting.state_dict_to_numpy(target.model), porting.state_dict_to_numpy(source.model)),
+                         (target.momentum_buffers(), source.momentum_buffers())):
+        assert sorted(mine) == sorted(theirs)
+        assert all(np.array_equal(mine[name], theirs[name]) for name in mine), framework
+    with pytest.raises(KeyError, match="cannot load momentum buffers: missing keys"):
+        target.load_state(porting.state_dict_to_numpy(source.model), {})
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("framework", FRAMEWORK_PARAMS)
 def test_cast_changes_floating_arrays_and_keeps_the_batch_count_integer(framework, dtype):

@@ -2,8 +2,9 @@
 
 The real frameworks must pass; planted mistakes in one framework's training (a wrong momentum,
 a missing weight decay, a running-statistics update off by one in the unbiased count) must
-each fail it (exit status 1); bad input must exit 2 and write nothing. A few steps at the
-digits' native 8x8 keep it fast.
+each fail it (exit status 1), judged by free-running gaps in float64 and by restarted one-step
+gaps in float32; bad input must exit 2 and write nothing. A few steps at the digits' native 8x8
+keep it fast.
 """
 
 import json
@@ -15,7 +16,8 @@ pytest.importorskip("torch")
 pytest.importorskip("mindspore")
 pytest.importorskip("jittor")
 
-from rbn import cli, frameworks, trajectory  # noqa: E402
+from rbn import checkpoint, cli, frameworks, trajectory  # noqa: E402
+from rbn_reference.tolerances import TRAJECTORY_NOISE_PERTURBED  # noqa: E402
 from tolerances import trajectory_bound  # noqa: E402
 
 STEPS = 3  # momentum acts from the second step on
@@ -33,19 +35,47 @@ def test_the_three_frameworks_follow_one_trajectory(real_run):
     status, out, report = real_run
     assert status == 0, report["failures"]
     assert report["passed"] and [step["step"] for step in report["steps"]] == list(range(1, STEPS + 1))
-    compared = [run for run in report["runs"][1:-1]]
+    compared = [run for run in report["runs"] if run["role"] == "compared"]
     assert [run["framework"] for run in compared] == list(frameworks.names()[1:])
+    # The noise floor is an envelope: torch float32 from the start and from the perturbed starts,
+    # each against torch float64; the noise of a step is the worst of them, the floor its running max.
+    members = [run["label"] for run in report["runs"]
+               if run["framework"] == "torch" and run["dtype"] == "float32" and run["role"] in ("reference", "noise")]
+    assert len(members) == 1 + TRAJECTORY_NOISE_PERTURBED
     for step in report["steps"]:
+        assert sorted(step["noise_members"]) == sorted(members)
+        for group, noise in step["noise"].items():
+            assert noise == max(step["noise_members"][member][group] for member in members)
+            assert 0 < noise < 1e-5  # a few steps from one start: rounding, no discrete event yet
+        # Perturbed by an ulp, the members do not follow the plain float32 run to the bit.
+        assert len({step["noise_members"][member]["parameters"] for member in members}) > 1
         losses = np.array(list(step["loss"].values()))
         assert np.isfinite(losses).all() and losses.min() > 0
+        # The 1-step noise: torch float32 restarted from torch float64's state before the step, and
+        # from it moved one ulp; the envelope of them against torch float64's step.
+        restart_members = step["restart_noise_members"]
+        assert len(restart_members) == 1 + TRAJECTORY_NOISE_PERTURBED
+        for group, noise in step["restart_noise"].items():
+            assert noise == max(gaps[group] for gaps in restart_members.values())
+            assert 0 < noise < 1e-6  # one step's float32 rounding
         for run in compared:
-            for group, gap in step["gaps"][run["label"]].items():
-                assert gap <= step["bounds"][run["label"]][group], (step["step"], run["label"], group)
-                floor = max(past["noise"][group] for past in report["steps"][:step["step"]])
-                assert step["bounds"][run["label"]][group] == trajectory_bound(run["dtype"], floor)
-    # A framework that cannot train in float64 says why, and runs (and is judged) in float32.
+            label = run["label"]
+            if run["judged_by"] == "restarted":
+                judged, noise = step["restarted_gaps"][label], step["restart_noise"]
+                assert 0 < max(judged.values()) < 2e-6  # one step from torch's state: rounding only
+            else:
+                judged = step["gaps"][label]
+                noise = {group: max(past["noise"][group] for past in report["steps"][:step["step"]])
+                         for group in judged}
+            for group, gap in judged.items():
+                assert gap <= step["bounds"][label][group], (step["step"], label, group)
+                assert step["bounds"][label][group] == trajectory_bound(run["dtype"], noise[group])
+    # A framework that cannot train in float64 says why, runs in float32 and is judged by its
+    # restarted one-step gaps; a float64 one by its free-running gaps.
     for run in compared:
         assert (run["dtype"] == "float32") == (run["float64_fallback"] is not None), run
+        assert run["judged_by"] == ("restarted" if run["dtype"] == "float32" else "free-running"), run
+        assert all((run["label"] in step["restarted_gaps"]) == (run["dtype"] == "float32") for step in report["steps"])
     # The start moved the calibration away from its no-op init and the steps moved the weights.
     first = report["steps"][0]["loss"][report["runs"][0]["label"]]
     assert first != report["steps"][-1]["loss"][report["runs"][0]["label"]]
@@ -60,6 +90,29 @@ def test_the_start_moves_every_calibration_parameter():
         values = [array for name, array in arrays.items()
                   if name.endswith("." + leaf) and name.rpartition(".")[0] + ".running_mean" in arrays]
         assert values and all(np.abs(array - init).max() > 0.1 for array in values), leaf
+
+
+def test_a_perturbed_start_moves_every_value_one_ulp():
+    start = checkpoint.Checkpoint(trajectory.initial_arrays("torch", "resnet20", 0, 10, 1), {"arch": "resnet20"})
+    moved = trajectory.perturbed_start(start, 0, 1)
+    assert moved.metadata == start.metadata and sorted(moved.arrays) == sorted(start.arrays)
+    directions = []
+    for name, array in start.arrays.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            assert np.array_equal(moved.arrays[name], array), name
+            continue
+        step = moved.arrays[name].astype(np.float64) - array.astype(np.float64)
+        assert moved.arrays[name].dtype == np.float32
+        # One ulp: the spacing above |value|, or half of it going down from a power of two.
+        ulp = np.spacing(np.abs(array))
+        assert np.all((np.abs(step) == ulp) | (np.abs(step) == ulp / 2)), name
+        directions.append(np.sign(step).ravel())
+    directions = np.concatenate(directions)
+    assert np.all(directions != 0) and 0.45 < np.mean(directions > 0) < 0.55
+    # Seeded: the same member moves the same way; another member, another way.
+    assert all(np.array_equal(a, trajectory.perturbed_start(start, 0, 1).arrays[n]) for n, a in moved.arrays.items())
+    other = trajectory.perturbed_start(start, 0, 2).arrays
+    assert any(not np.array_equal(a, other[n]) for n, a in moved.arrays.items())
 
 
 def planted(monkeypatch, framework, **overrides):
@@ -78,27 +131,49 @@ def off_by_one(monkeypatch, framework):
     functional = frameworks.import_module(framework, f"rbn_{framework}.functional")
     original = functional._update_running_stats
 
-    def update(running_mean, running_var, mean, var, count, momentum):
-        original(running_mean, running_var, mean, var, count + 1, momentum)
+    def update(*arguments):  # (..., count, momentum) in every framework
+        *state, count, momentum = arguments
+        return original(*state, count + 1, momentum)
 
     monkeypatch.setattr(functional, "_update_running_stats", update)
 
 
-@pytest.mark.parametrize("mistake", ["wrong momentum", "no weight decay", "running statistics off by one"])
-def test_a_planted_mistake_fails_the_command(mistake, monkeypatch, tmp_path):
+MISTAKES = ("wrong momentum", "no weight decay", "running statistics off by one")
+
+
+# Each mistake in Jittor against torch float64 (free-running) and against torch float32 with
+# --dtype float32 (restarted); the smallest one (no weight decay: 1e-5 a step) in MindSpore, which
+# runs in float32, against torch float64 (restarted, as in the default run; its compile is slow).
+@pytest.mark.parametrize("mistake, framework, dtype",
+                         [(mistake, "jittor", dtype) for mistake in MISTAKES for dtype in ("float64", "float32")] +
+                         [("no weight decay", "mindspore", "float64")])
+def test_a_planted_mistake_fails_the_command(mistake, framework, dtype, monkeypatch, tmp_path):
+    """A float64 run is judged by its free-running gaps; a float32 one by its restarted one-step
+    gaps, which a mistake moves at every step it acts in."""
     if mistake == "wrong momentum":
-        planted(monkeypatch, "jittor", momentum=0.8)
+        planted(monkeypatch, framework, momentum=0.8)
     elif mistake == "no weight decay":
-        planted(monkeypatch, "jittor", weight_decay=0.0)
+        planted(monkeypatch, framework, weight_decay=0.0)
     else:
-        off_by_one(monkeypatch, "jittor")
+        off_by_one(monkeypatch, framework)
     out = tmp_path / "out"
-    assert cli.main(["trajectory", *FAST, "--frameworks", "torch,jittor", "--out", str(out)]) == 1
+    assert cli.main(["trajectory", *FAST, "--frameworks", f"torch,{framework}", "--dtype", dtype,
+                     "--out", str(out)]) == 1
     report = json.loads((out / "trajectory.json").read_text())
     failing = {(failure["framework"], failure["group"]) for failure in report["failures"]}
-    assert failing and {framework for framework, _ in failing} == {"jittor"}
+    assert failing and {name for name, _ in failing} == {framework}
     if mistake == "running statistics off by one":
-        assert ("jittor", "running statistics") in failing
+        assert (framework, "running statistics") in failing
+    run, = [run for run in report["runs"] if run["role"] == "compared"]
+    assert run["judged_by"] == ("restarted" if run["dtype"] == "float32" else "free-running")
+    judged = "restarted_gaps" if run["judged_by"] == "restarted" else "gaps"
+    for failure in report["failures"]:
+        assert failure["gap"] == report["steps"][failure["step"] - 1][judged][framework][failure["group"]]
+    # A momentum acts from the second step on, the others from the first; restarted, each step
+    # shows it afresh.
+    steps = {failure["step"] for failure in report["failures"]}
+    if run["judged_by"] == "restarted":
+        assert steps == ({2, 3} if mistake == "wrong momentum" else {1, 2, 3}), steps
 
 
 @pytest.mark.parametrize("arguments, message", [
