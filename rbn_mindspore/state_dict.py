@@ -155,7 +155,9 @@ def load_numpy_state_dict(cell, arrays, *, strict=True):
     check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
     for name, value in {**identity, **values}.items():
         param = params[name]
-        param.set_data(Tensor(value, dtype=param.dtype))
+        # In place: a train step already compiled (ms.jit) keeps reading a Parameter's old memory
+        # after set_data, as after mindspore.load_param_into_net (measured, MindSpore 2.10 CPU).
+        param.copy_(Tensor(value, dtype=param.dtype))
     return cell
 
 

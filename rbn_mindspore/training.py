@@ -106,8 +106,8 @@ class Trainer:
         """Restart training from a state, as ``rbn_torch.training.Trainer.load_state`` does.
 
         The values are copied into each Parameter's memory (``copy_``), which the compiled train
-        step reads: after a ``set_data`` (as ``load_numpy_state_dict`` does) the compiled step goes
-        on reading the old values (measured).
+        step reads: after a ``set_data`` the compiled step goes on reading the old values
+        (measured; ``load_numpy_state_dict`` copies in place for the same reason).
 
         Args:
             arrays (dict): the model's whole state dict under canonical names, every name of it.

@@ -394,6 +394,23 @@ def test_numpy_state_dict_round_trip_and_authors_shapes():
                                   ("center_weight", "scale_weight", "scale_bias")})
 
 
+def test_numpy_state_dict_reaches_a_train_step_compiled_before_the_load():
+    """A compiled (ms.jit) step keeps a Parameter's old memory after set_data, as after
+    mindspore.load_param_into_net: the loader must write in place, or the load is silently lost."""
+    net = convert_bn_to_rbn(Net())
+
+    @ms.jit
+    def forward(x):
+        return net(x)
+
+    x = Tensor(np.random.default_rng(4).standard_normal((3, 2, 5, 5)).astype(np.float32))
+    net.set_train(False)
+    forward(x)  # compiles with the fresh weights
+    trained = convert_bn_to_rbn(trained_net()).set_train(False)
+    load_numpy_state_dict(net, state_dict_to_numpy(trained))
+    assert np.array_equal(forward(x).asnumpy(), trained(x).asnumpy())
+
+
 def test_numpy_state_dict_reports_every_problem():
     layer = RepresentativeBatchNorm2d(3)
     arrays = state_dict_to_numpy(layer)
