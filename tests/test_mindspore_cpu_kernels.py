@@ -57,9 +57,10 @@ def assert_close(name, got, want, dtype, offset_ratio=0.0):
 
 
 @pytest.mark.parametrize("dtype", parity.DTYPES)
-@pytest.mark.parametrize("rows, cols", [(6, 37), (1, 1000), (40, 1)])
+@pytest.mark.parametrize("rows, cols", [(6, 37), (1, 1000), (40, 1), (512, 512)])
 def test_each_pass_matches_numpy(dtype, rows, cols):
-    """Rows far from 0 (mean ~1e4): the kernels center before they scale or square."""
+    """Rows far from 0 (mean ~1e4): the kernels center before they scale or square. (512, 512) is
+    2^18 values, where the passes go parallel (OpenMP); the smaller ones run in one thread."""
     kernels = cpu_kernels.instance_kernels()
     assert kernels is not None, "the CPU kernels should build on this machine (g++)"
     rng = np.random.default_rng(7)
