@@ -116,7 +116,20 @@ def child(args):
     step = make_step(args, batchnorm=args.child == "bn")
     for _ in range(args.memory_steps):
         step()
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib():
+    """This process's peak RSS in MiB. Linux: VmHWM, which starts afresh at exec; ru_maxrss keeps
+    the parent's RSS at fork as a floor, so every child of a large parent reported the parent's."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
