@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from rbn_reference import check_arrays
 
 from .models.porting import logits as eval_logits, set_mode
-from .state_dict import canonical_parameters
+from .state_dict import canonical_parameters, load_numpy_state_dict
 
 __all__ = ["Trainer", "DTYPES", "seed", "cast"]
 
@@ -106,11 +106,10 @@ class Trainer:
         """Restart training from a state, as ``rbn_torch.training.Trainer.load_state`` does.
 
         The values are copied into each Parameter's memory (``copy_``), which the compiled train
-        step reads: after a ``set_data`` the compiled step goes on reading the old values
-        (measured; ``load_numpy_state_dict`` copies in place for the same reason).
+        step reads: after a ``set_data`` the compiled step goes on reading the old values (measured).
 
         Args:
-            arrays (dict): the model's whole state dict under canonical names, every name of it.
+            arrays (dict): the model's whole state dict, loaded with ``load_numpy_state_dict``.
             momentum_buffers (dict): :meth:`momentum_buffers`'s, of every trainable Parameter.
 
         Examples:
@@ -123,12 +122,11 @@ class Trainer:
             >>> trainer.momentum_buffers()["weight"]
             array([[1., 1.]], dtype=float32)
         """
-        parameters, moments = canonical_parameters(self.model), self._moments()
-        check_arrays("state dict", arrays, {name: parameter.shape for name, parameter in parameters.items()})
+        moments = self._moments()
         check_arrays("momentum buffers", momentum_buffers, {name: moment.shape for name, moment in moments})
-        for target, value in [(parameters[name], arrays[name]) for name in parameters] + \
-                [(moment, momentum_buffers[name]) for name, moment in moments]:
-            target.copy_(ms.Tensor(np.asarray(value), dtype=target.dtype))
+        load_numpy_state_dict(self.model, arrays)
+        for name, moment in moments:
+            moment.copy_(ms.Tensor(np.asarray(momentum_buffers[name]), dtype=moment.dtype))
 
     def logits(self, x):
         """Eval-mode logits of the NumPy batch ``x`` as a NumPy array; the model's mode is restored."""
