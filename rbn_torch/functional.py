@@ -22,6 +22,9 @@ _CHANNEL_STATISTICS = ("mu_c", "sigma_c")
 # |instance mean| / instance std beyond which the input gradient centres X before scaling it:
 # 16 costs float32 4 bits at most in the one-pass form.
 _CANCELLATION_RATIO = 16
+# |instance mean| / instance std up to which the forward's one-reduction variance is used
+# (``_fused_moments``): its rounding, eps * ratio**2 of the variance, stays within 16 ulps.
+_ONE_PASS_RATIO = 4
 
 
 def representative_batch_norm(input, running_mean, running_var, weight=None, bias=None, center_weight=None,
@@ -280,15 +283,21 @@ def _coefficient_gradients(grad_scale, grad_shift, var, params, options, saved):
 def _channel_path(x, params, running, options, fused):
     """``Y = A * (X - mean) + B`` per (n, c): a moments pass and one elementwise pass.
 
-    ``fused``: eager without autograd, ``_fused_moments``, whose ``X - mean`` becomes ``Y`` in
-    place; otherwise plain ops, differentiable to any order and traceable.
+    ``fused``: eager without autograd, ``_fused_moments`` and BatchNorm's inference kernel for
+    ``Y`` (``_affine``, or in place into the exact form's ``X - mean``); otherwise plain ops,
+    differentiable to any order and traceable.
     """
     if fused:
         mean, var, centred = _fused_moments(x)
     else:
         mean, var = _instance_moments(x)
     scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options)
-    y = torch.addcmul(shift, centred, scale, out=centred) if fused else torch.addcmul(shift - scale * mean, x, scale)
+    if not fused:
+        y = torch.addcmul(shift - scale * mean, x, scale)
+    elif centred is None:
+        y = _affine(x, scale, shift, mean)
+    else:
+        y = torch.addcmul(shift, centred, scale, out=centred)
     return y, batch_mean.detach(), batch_var.detach()
 
 
@@ -334,8 +343,8 @@ def _is_tracing():
 class _ChannelRBN(torch.autograd.Function):
     """The channel-statistics form with a hand-written backward over the big tensor (training).
 
-    Forward: a two-pass moments reduction (``_fused_moments``) whose ``X - mean`` becomes ``Y``
-    in place (one ``addcmul``). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY and
+    Forward: two reading passes for the moments (``_fused_moments``) and one writing ``Y``
+    (``_affine``; in place into ``X - mean`` where the moments took the exact form). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY and
     sum dY * (X - mean) per (n, c)) and one elementwise pass plus one in-place pass for dX
     (``_input_gradient``). The (N, C)-sized coefficient graph is differentiated by hand
     (``_coefficient_gradients``): autograd's graph of its ~60 small ops cost more than the big
@@ -358,7 +367,7 @@ class _ChannelRBN(torch.autograd.Function):
         ctx.save_for_backward(x, *params, mean, var, scale, *saved.values())
         ctx.saved_names = tuple(saved)
         ctx.config = (running, options)
-        y = torch.addcmul(shift, centred, scale, out=centred)
+        y = _affine(x, scale, shift, mean) if centred is None else torch.addcmul(shift, centred, scale, out=centred)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -390,15 +399,23 @@ class _ChannelRBN(torch.autograd.Function):
 
 
 def _fused_moments(x):
-    """Per-(n, c) mean and biased variance of x (N, C, S), and ``x - mean``; eager, no autograd.
+    """Per-(n, c) mean and biased variance of x (N, C, S), and ``x - mean`` or None; eager, no autograd.
 
-    Two passes, stable: the mean by ``sum`` (pairwise), then the squared norm of ``x - mean``,
-    whose buffer the caller turns into the output in place (no allocation beyond BatchNorm's).
-    These kernels are vectorised; BatchNorm's statistics kernel (``batch_norm_update_stats``,
-    scalar loops in float64) measured 2.5x slower on CPU here, ``var_mean`` (Welford) 8x.
+    Two reading passes, as BatchNorm's: the mean by ``sum`` (pairwise), then ``sum (x - mean) x``
+    by BatchNorm's backward reduction over the (1, N*C, S) view (``dY = X``, unit invstd). That is
+    the sum of squared deviations plus ``mean * sum (x - mean)``, whose rounding costs
+    ``eps * (mean / std)**2`` of the variance: within ``_ONE_PASS_RATIO`` that is 16 ulps. An
+    instance beyond it (or with no spread) takes the exact form, the squared norm of ``x - mean``,
+    whose buffer is returned for the caller to turn into the output in place. These kernels are
+    vectorised; BatchNorm's statistics kernel (``batch_norm_update_stats``, scalar loops in
+    float64) measured 2.5x slower on CPU here, ``var_mean`` (Welford) 8x.
     """
     count = x.shape[-1]
     mean = x.sum(-1, keepdim=True).div_(count)
+    grad_scale, _ = _instance_gradient_sums(x, x, mean, bias=False)
+    var = grad_scale.div_(count)
+    if not bool((mean.square() > _ONE_PASS_RATIO**2 * var).any()):
+        return mean, var, None
     centred = torch.sub(x, mean)
     var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(count)
     return mean, var, centred
@@ -418,13 +435,17 @@ def _affine(x, scale, shift, mean):
         return vector.expand(*x.shape[:2], 1).reshape(rows)
 
     unit = torch.ones(rows, dtype=x.dtype, device=x.device)
-    y = torch.native_batch_norm(x.reshape(1, rows, x.shape[-1]), per_row(scale), per_row(shift), per_row(mean),
-                                unit, False, 0.0, 0.0)[0]
-    return y.view(x.shape)
+    # Written through a view into a tensor of x's shape: returned from an autograd.Function, a
+    # view made inside it could not be modified in place (ReLU(inplace=True) after the layer).
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    torch.ops.aten.native_batch_norm.out(x.reshape(1, rows, x.shape[-1]), per_row(scale), per_row(shift),
+                                         per_row(mean), unit, False, 0.0, 0.0, out=y.view(1, rows, x.shape[-1]),
+                                         save_mean=x.new_empty(0), save_invstd=x.new_empty(0))
+    return y
 
 
-def _instance_gradient_sums(dy, x, mean):
-    """Per-(n, c) ``sum dY * (X - mean)`` and ``sum dY`` of (N, C, S) tensors in one pass.
+def _instance_gradient_sums(dy, x, mean, bias=True):
+    """Per-(n, c) ``sum dY * (X - mean)`` and ``sum dY`` (None without ``bias``) of (N, C, S) tensors in one pass.
 
     BatchNorm's backward kernel over the (1, N*C, S) view with unit invstd returns them as
     grad_weight and grad_bias. Returns them shaped as ``mean``.
@@ -432,8 +453,8 @@ def _instance_gradient_sums(dy, x, mean):
     rows = mean.numel()
     _, grad_scale, grad_shift = torch.ops.aten.native_batch_norm_backward(
         dy.reshape(1, rows, -1), x.reshape(1, rows, -1), None, None, None, mean.reshape(rows),
-        torch.ones(rows, dtype=x.dtype, device=x.device), True, 0.0, [False, True, True])
-    return grad_scale.view_as(mean), grad_shift.view_as(mean)
+        torch.ones(rows, dtype=x.dtype, device=x.device), True, 0.0, [False, True, bias])
+    return grad_scale.view_as(mean), None if grad_shift is None else grad_shift.view_as(mean)
 
 
 def _input_gradient(dy, x, mean, var, scale, grad_shift, grad_mean, grad_var):

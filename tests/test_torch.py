@@ -108,6 +108,40 @@ def test_large_mean_float32_input_matches_float64_oracle():
     assert check.max_abs < 0.1
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+@pytest.mark.parametrize("ratio", [0.0, 3.9, 4.1, 1000.0])
+def test_instances_on_either_side_of_the_one_pass_variance_match_the_oracle(ratio, grad):
+    """Forward moments: the one-reduction variance up to |mean| / std = 4, the exact form beyond.
+
+    Every instance of the float32 input has the same mean and std, so all take the same side of
+    ``_ONE_PASS_RATIO`` and the batch variance is theirs (``sigma_c`` reads it too); the output
+    and the input gradient meet the float64 oracle. At 1000 the one-reduction variance would be
+    ~10% off (eps * 1000**2).
+    """
+    from rbn_torch import functional
+
+    generator = np.random.default_rng(4)
+    x = generator.standard_normal((4, 3, 6, 6))
+    x = (x - x.mean((2, 3), keepdims=True)) / x.std((2, 3), keepdims=True)
+    x = (x + ratio).astype(np.float32).astype(np.float64)
+    assert (ratio > functional._ONE_PASS_RATIO) == (ratio > 4)
+    dy = generator.standard_normal(x.shape)
+    layer = random_layer(RepresentativeBatchNorm2d(3, scaling_stat="sigma_c"))
+    params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
+              if name in dict(layer.named_parameters())}
+    want, _, cache = rbn_reference.forward(x, params, None, training=True, scaling_stat="sigma_c")
+    bound = tolerance("float32", offset_ratio=ratio)
+    x32 = torch.from_numpy(x.astype(np.float32)).requires_grad_(grad)
+    y = layer(x32)
+    check = parity.compare("y", "y", y.detach().numpy(), want, "float32", bound)
+    assert check.passed, str(check)
+    if grad:
+        y.backward(torch.from_numpy(dy.astype(np.float32)))
+        want_dx = rbn_reference.backward(dy, cache)["x"]
+        check = parity.compare("x", "x", x32.grad.numpy(), want_dx, "float32", bound)
+        assert check.passed, str(check)
+
+
 # ----------------------------------------------------------------------------- nn.BatchNorm equivalence
 
 
