@@ -276,7 +276,7 @@ def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs):
     checks = []
     for rank, got in enumerate(load_ranks(ranks_dir, "resnet")):
         assert all(got[name] == RESNET_STEPS for name in got if name.endswith("num_batches_tracked"))
-        checks += checks_against_float64(f"rank {rank} update", update(got), update(exact), update(peer))
+        checks += checks_against_float64(f"rank {rank} update", update(got), update(exact), [update(peer)])
     assert_checks(checks)
 
 

@@ -4,9 +4,9 @@ It lives in the package because ``rbn parity`` judges PASS/FAIL with the same nu
 """
 
 from rbn_reference.tolerances import (BFLOAT16_LOSS_RTOL, EXPORT_TOLERANCE, FLOAT16_LOSS_RTOL, FLOAT16_OUTPUT_RTOL,
-                                      TOLERANCES, Tolerance, finite_difference_tolerance, peer_tolerance, tolerance,
-                                      trajectory_bound, WHOLE_NETWORK_GRADIENT_RTOL)
+                                      PEER_NOISE_PERTURBED, TOLERANCES, Tolerance, finite_difference_tolerance,
+                                      peer_tolerance, tolerance, trajectory_bound, WHOLE_NETWORK_GRADIENT_RTOL)
 
 __all__ = ["TOLERANCES", "Tolerance", "EXPORT_TOLERANCE", "BFLOAT16_LOSS_RTOL", "FLOAT16_LOSS_RTOL",
-           "FLOAT16_OUTPUT_RTOL", "finite_difference_tolerance", "peer_tolerance", "tolerance", "trajectory_bound",
-           "WHOLE_NETWORK_GRADIENT_RTOL"]
+           "FLOAT16_OUTPUT_RTOL", "PEER_NOISE_PERTURBED", "finite_difference_tolerance", "peer_tolerance", "tolerance",
+           "trajectory_bound", "WHOLE_NETWORK_GRADIENT_RTOL"]
