@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .functional import (_CHANNEL_STATISTICS, _affine, _channel_coefficients, _fused_moments, _input_gradient,
-                         _instance_gradient_sums, _instance_statistic, _literal_path, _update_running_stats)
+from .functional import (_CHANNEL_STATISTICS, _channel_coefficients, _fused_moments, _fused_output,
+                         _input_gradient, _instance_gradient_sums, _instance_statistic, _literal_path,
+                         _update_running_stats)
 from .modules import _RepresentativeBatchNorm
 
 __all__ = ["SyncRepresentativeBatchNorm"]
@@ -288,10 +289,7 @@ class _SyncChannelRBN(torch.autograd.Function):
             scale = scale.expand_as(shift)  # per channel only without scaling calibration
         ctx.save_for_backward(x)
         ctx.graph = (scale, shift, mean, var, params)
-        if centred is None:  # the moments' one-reduction form (functional._fused_moments)
-            y = _affine(x, scale.detach(), shift.detach(), mean.detach())
-        else:
-            y = torch.addcmul(shift.detach(), centred, scale.detach(), out=centred)
+        y = _fused_output(x, scale.detach(), shift.detach(), mean.detach(), centred)
         batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var, count

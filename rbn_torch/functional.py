@@ -283,21 +283,15 @@ def _coefficient_gradients(grad_scale, grad_shift, var, params, options, saved):
 def _channel_path(x, params, running, options, fused):
     """``Y = A * (X - mean) + B`` per (n, c): a moments pass and one elementwise pass.
 
-    ``fused``: eager without autograd, ``_fused_moments`` and BatchNorm's inference kernel for
-    ``Y`` (``_affine``, or in place into the exact form's ``X - mean``); otherwise plain ops,
-    differentiable to any order and traceable.
+    ``fused``: eager without autograd, ``_fused_moments`` and ``_fused_output``; otherwise plain
+    ops, differentiable to any order and traceable.
     """
     if fused:
         mean, var, centred = _fused_moments(x)
     else:
         mean, var = _instance_moments(x)
     scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options)
-    if not fused:
-        y = torch.addcmul(shift - scale * mean, x, scale)
-    elif centred is None:
-        y = _affine(x, scale, shift, mean)
-    else:
-        y = torch.addcmul(shift, centred, scale, out=centred)
+    y = _fused_output(x, scale, shift, mean, centred) if fused else torch.addcmul(shift - scale * mean, x, scale)
     return y, batch_mean.detach(), batch_var.detach()
 
 
@@ -344,8 +338,8 @@ class _ChannelRBN(torch.autograd.Function):
     """The channel-statistics form with a hand-written backward over the big tensor (training).
 
     Forward: two reading passes for the moments (``_fused_moments``) and one writing ``Y``
-    (``_affine``; in place into ``X - mean`` where the moments took the exact form). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY and
-    sum dY * (X - mean) per (n, c)) and one elementwise pass plus one in-place pass for dX
+    (``_fused_output``). Backward: one fused reduction pass (``_instance_gradient_sums``: sum dY
+    and sum dY * (X - mean) per (n, c)) and one elementwise pass plus one in-place pass for dX
     (``_input_gradient``). The (N, C)-sized coefficient graph is differentiated by hand
     (``_coefficient_gradients``): autograd's graph of its ~60 small ops cost more than the big
     passes on small inputs. It saves the input and per-(n, c) vectors, as BatchNorm does.
@@ -367,7 +361,7 @@ class _ChannelRBN(torch.autograd.Function):
         ctx.save_for_backward(x, *params, mean, var, scale, *saved.values())
         ctx.saved_names = tuple(saved)
         ctx.config = (running, options)
-        y = _affine(x, scale, shift, mean) if centred is None else torch.addcmul(shift, centred, scale, out=centred)
+        y = _fused_output(x, scale, shift, mean, centred)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -419,6 +413,14 @@ def _fused_moments(x):
     centred = torch.sub(x, mean)
     var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(count)
     return mean, var, centred
+
+
+def _fused_output(x, scale, shift, mean, centred):
+    """``Y = scale * (x - mean) + shift`` after ``_fused_moments``: in place into its ``centred``
+    (``x - mean``) where it took the exact form, else ``_affine``. Eager, no autograd."""
+    if centred is None:
+        return _affine(x, scale, shift, mean)
+    return torch.addcmul(shift, centred, scale, out=centred)
 
 
 def _affine(x, scale, shift, mean):
