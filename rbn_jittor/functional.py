@@ -225,37 +225,22 @@ def _channel_coefficients(mean, var, params, running, options, share):
 
     ``mean``, ``var``: the per-instance mean and biased variance of X, (N, C) float64;
     ``params``, ``running``, ``share`` as in :func:`_literal_path`; channel statistics only. Returns
-    ``A``, ``B`` (N, C) float64 and the (C,) batch mean and biased variance of ``X_cm``.
-    Centering calibration moves each instance's mean and keeps its variance, so the batch
-    moments of ``X_cm`` follow from the per-instance ones (law of total variance).
+    ``A``, ``B`` (N, C) float64 and the (C,) batch mean and biased variance of ``X_cm``. Two
+    ``jt.code`` kernels (:class:`kernels.BatchMoments`, :class:`kernels.Coefficients`); under MPI
+    the processes' batch moments are merged between them (law of total variance).
     """
     eps = _constant(options.eps, "float64")
-
-    def vector(value):  # a (C,) Var -> (1, C) float64, broadcasting over (N, C)
-        return value.float64().unsqueeze(0)
-
-    mean_cm = mean
-    if params.center_weight is not None:
-        mean_cm = mean + vector(params.center_weight) * _channel_statistic(options.centering_stat, mean, var, eps)
-    if running is None:
-        batch_mean = _mean_over_processes(_mean(mean_cm, [0]), share)
-        deviation = mean_cm - batch_mean.unsqueeze(0)
-        batch_var = _mean_over_processes(_mean(var + deviation * deviation, [0]), share)
-    else:
-        batch_mean, batch_var = (stat.float64() for stat in running)
-        deviation = mean_cm - batch_mean.unsqueeze(0)
-    inv_std = (jt.ones_like(batch_var) / jt.sqrt(batch_var + eps)).unsqueeze(0)
-
-    scale = inv_std  # A without the affine weight
-    if params.scale_weight is not None:
-        # K_s of X_s: its per-(n, c) mean is deviation * inv_std, its variance var * inv_std^2
-        k_s = _channel_statistic(options.scaling_stat, deviation * inv_std, var * inv_std * inv_std, eps)
-        scale = scale * jt.sigmoid(vector(params.scale_weight) * k_s + vector(params.scale_bias))
-    if params.weight is not None:
-        scale = scale * vector(params.weight)
-    shift = scale * deviation  # Y at X = mean: the instance's mean of X_cs, scaled
-    if params.bias is not None:
-        shift = shift + vector(params.bias)
+    vectors = Parameters(*(None if value is None else value.float64() for value in params))
+    mean_cm, batch_mean, batch_var = kernels.BatchMoments()(
+        mean, var, eps, vectors.center_weight, options.centering_stat if params.center_weight is not None else None)
+    if share is not None:
+        batch_mean, local_mean = _mean_over_processes(batch_mean, share), batch_mean
+        spread = local_mean - batch_mean
+        batch_var = _mean_over_processes(batch_var + spread * spread, share)
+    centre, spread = (batch_mean, batch_var) if running is None else (stat.float64() for stat in running)
+    scale, shift = kernels.Coefficients()(
+        mean_cm, var, centre, spread, eps, vectors.scale_weight, vectors.scale_bias, vectors.weight, vectors.bias,
+        options.scaling_stat if params.scale_weight is not None else None)
     return scale, shift, batch_mean, batch_var
 
 
@@ -266,8 +251,6 @@ def _channel_path(x, params, running, options, share):
     x3 = x.reshape((n, c, -1))
     mean, var = kernels.InstanceMoments()(x3)
     scale, shift, batch_mean, batch_var = _channel_coefficients(mean, var, params, running, options, share)
-    # without calibrations and affine the scale is per channel, (1, C): the kernel reads (N, C)
-    scale = scale.broadcast(shift.shape)
     return kernels.InstanceAffine()(x3, mean, scale, shift).reshape(x.shape), batch_mean, batch_var
 
 
@@ -282,11 +265,6 @@ def _per_channel(vector, ndim):
 def _reduction_dims(statistic, ndim):
     """Dims a statistic reduces over: the spatial dims for ``*_c``, the channel dim for ``*_s``."""
     return list(range(2, ndim)) if statistic.endswith("_c") else [1]
-
-
-def _channel_statistic(name, mean, var, eps):
-    """``mu_c`` or ``sigma_c`` of a slice from its mean and biased variance."""
-    return mean if name == "mu_c" else jt.sqrt(var + eps)
 
 
 def _empty_batch(input, params):
