@@ -5,8 +5,9 @@ Two paths compute the same thing:
 - the channel-statistics path (``mu_c``/``sigma_c`` for both calibrations, or the
   calibrations off) writes every step of Eq. 12 as a per-(n, c) affine map
   ``Y = A[n, c] * (X - mean[n, c]) + B[n, c]`` (docs/jittor.md, "Speed"): one moments
-  pass and one elementwise pass, BatchNorm's own cost, each a ``jt.code`` kernel compiled once
-  per dtype (a cold cache would otherwise compile a fused kernel for every op graph met).
+  pass and one elementwise pass, BatchNorm's own cost, with the (N, C) algebra between them:
+  ``jt.code`` kernels (:mod:`rbn_jittor.kernels`) compiled once per dtype and variant (a cold
+  cache would otherwise compile a fused kernel for every op graph met).
 - the literal path follows Eq. 12 step by step with Jittor's autodiff; it serves the
   spatial statistics ``mu_s``/``sigma_s`` of Table 3.
 
@@ -245,8 +246,8 @@ def _channel_coefficients(mean, var, params, running, options, share):
 
 
 def _channel_path(x, params, running, options, share):
-    """Eq. 12 as ``Y = A * (X - mean) + B`` per (n, c): the two passes over ``x`` are
-    ``jt.code`` kernels (:mod:`rbn_jittor.kernels`), the (N, C) algebra between them float64 ops."""
+    """Eq. 12 as ``Y = A * (X - mean) + B`` per (n, c): the two passes over ``x`` and the (N, C)
+    algebra between them are ``jt.code`` kernels (:mod:`rbn_jittor.kernels`)."""
     n, c = x.shape[:2]
     x3 = x.reshape((n, c, -1))
     mean, var = kernels.InstanceMoments()(x3)
