@@ -232,16 +232,15 @@ def _channel_coefficients(mean, var, params, running, options, share):
     """
     eps = _constant(options.eps, "float64")
     vectors = Parameters(*(None if value is None else value.float64() for value in params))
-    mean_cm, batch_mean, batch_var = kernels.BatchMoments()(
-        mean, var, eps, vectors.center_weight, options.centering_stat if params.center_weight is not None else None)
+    mean_cm, batch_mean, batch_var = kernels.BatchMoments()(mean, var, eps, vectors.center_weight,
+                                                            options.centering_stat)
     if share is not None:
         batch_mean, local_mean = _mean_over_processes(batch_mean, share), batch_mean
-        spread = local_mean - batch_mean
-        batch_var = _mean_over_processes(batch_var + spread * spread, share)
+        offset = local_mean - batch_mean
+        batch_var = _mean_over_processes(batch_var + offset * offset, share)
     centre, spread = (batch_mean, batch_var) if running is None else (stat.float64() for stat in running)
-    scale, shift = kernels.Coefficients()(
-        mean_cm, var, centre, spread, eps, vectors.scale_weight, vectors.scale_bias, vectors.weight, vectors.bias,
-        options.scaling_stat if params.scale_weight is not None else None)
+    scale, shift = kernels.Coefficients()(mean_cm, var, centre, spread, eps, vectors.scale_weight,
+                                          vectors.scale_bias, vectors.weight, vectors.bias, options.scaling_stat)
     return scale, shift, batch_mean, batch_var
 
 

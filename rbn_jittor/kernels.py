@@ -265,17 +265,16 @@ class BatchMoments(jt.Function):
 
     ``execute(mean, var, eps, center_weight, centering_stat)``: ``mean``, ``var`` (N, C) float64,
     the instances' mean and biased variance of X; ``eps`` (1,) float64; ``center_weight`` (C,)
-    float64, or None with ``centering_stat`` None (the calibration off). Returns the instances'
+    float64, or None (the calibration off; ``centering_stat`` is then ignored). Returns the instances'
     mean of ``X_cm = X + w_m K_m`` (N, C) and the batch mean and biased variance of ``X_cm`` (C,):
     centering moves each instance's mean and keeps its variance (law of total variance).
     """
 
     def execute(self, mean, var, eps, center_weight, centering_stat):
-        self.forward_src, self.backward_src = _batch_moments_sources(centering_stat)
-        self.inputs = [mean, var, eps] + ([center_weight] if centering_stat else [])
+        forward, self.backward = _batch_moments_sources(centering_stat if center_weight is not None else None)
+        self.inputs = [mean, var, eps] + ([center_weight] if center_weight is not None else [])
         n, c = mean.shape
-        self.mean_cm, self.batch_mean, batch_var = jt.code(
-            [(n, c), (c,), (c,)], ["float64"] * 3, self.inputs, **self.forward_src)
+        self.mean_cm, self.batch_mean, batch_var = jt.code([(n, c), (c,), (c,)], ["float64"] * 3, self.inputs, **forward)
         return self.mean_cm, self.batch_mean, batch_var
 
     def grad(self, grad_mean_cm, grad_batch_mean, grad_batch_var):
@@ -284,7 +283,7 @@ class BatchMoments(jt.Function):
         mean = self.inputs[0]
         shapes = [mean.shape, mean.shape] + ([self.batch_mean.shape] if len(self.inputs) > 3 else [])
         out = jt.code(shapes, ["float64"] * len(shapes), self.inputs + [self.mean_cm, self.batch_mean] + grads,
-                      **self.backward_src)
+                      **self.backward)
         return out[0], out[1], None, out[2] if len(out) > 2 else None, None
 
 
@@ -294,24 +293,24 @@ class Coefficients(jt.Function):
     ``execute(mean_cm, var, batch_mean, batch_var, eps, scale_weight, scale_bias, weight, bias,
     scaling_stat)``: ``mean_cm``, ``var`` (N, C) float64 (:class:`BatchMoments`); ``batch_mean``,
     ``batch_var`` (C,) float64, the batch or running statistics; ``eps`` (1,); the (C,) float64
-    vectors, None where their part is off (``scaling_stat`` None without scaling calibration).
+    vectors, None where their part is off (``scaling_stat`` is ignored without ``scale_weight``).
     Returns ``A``, ``B`` (N, C) float64.
     """
 
     def execute(self, mean_cm, var, batch_mean, batch_var, eps, scale_weight, scale_bias, weight, bias,
                 scaling_stat):
-        self.forward_src, self.backward_src, names = _coefficient_sources(scaling_stat, weight is not None)
+        forward, self.backward, self.names = _coefficient_sources(
+            scaling_stat if scale_weight is not None else None, weight is not None)
         given = dict(scale_weight=scale_weight, scale_bias=scale_bias, weight=weight, bias=bias)
-        self.names = names
-        self.inputs = [mean_cm, var, batch_mean, batch_var, eps] + [given[name] for name in names]
-        return tuple(jt.code([mean_cm.shape] * 2, ["float64"] * 2, self.inputs, **self.forward_src))
+        self.inputs = [mean_cm, var, batch_mean, batch_var, eps] + [given[name] for name in self.names]
+        return tuple(jt.code([mean_cm.shape] * 2, ["float64"] * 2, self.inputs, **forward))
 
     def grad(self, grad_scale, grad_shift):
-        mean_cm, var, batch_mean = self.inputs[:3]
+        mean_cm, batch_mean = self.inputs[0], self.inputs[2]
         grad_scale = jt.zeros_like(mean_cm) if grad_scale is None else grad_scale
         grad_shift = jt.zeros_like(mean_cm) if grad_shift is None else grad_shift
         shapes = [mean_cm.shape] * 2 + [batch_mean.shape] * (2 + len(self.names))
-        out = jt.code(shapes, ["float64"] * len(shapes), self.inputs + [grad_scale, grad_shift], **self.backward_src)
+        out = jt.code(shapes, ["float64"] * len(shapes), self.inputs + [grad_scale, grad_shift], **self.backward)
         grads = dict(zip(self.names, out[4:]))
         return (*out[:4], None, *(grads.get(name) for name in ("scale_weight", "scale_bias", "weight", "bias")),
                 None)
