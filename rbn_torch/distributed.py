@@ -313,6 +313,7 @@ class _SyncChannelRBN(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_mean, grad_var = (torch.zeros_like(t) if found[id(t)] is None else found[id(t)] for t in (mean, var))
-            grad_x = _input_gradient(dy, x, mean_value, var.detach(), scale_value, grad_shift, grad_mean, grad_var)
+            grad_x = _input_gradient(dy, x, mean_value, var.detach(), scale_value, grad_shift, grad_mean, grad_var,
+                                     far_means=True)
         return (grad_x, None, None, None, *grad_params)
 

@@ -142,6 +142,32 @@ def test_instances_on_either_side_of_the_one_pass_variance_match_the_oracle(rati
         assert check.passed, str(check)
 
 
+@pytest.mark.parametrize("two_pass_values", [0, None], ids=["batchnorm_kernel", "two_passes"])
+def test_either_form_of_the_affine_pass_matches_the_oracle(two_pass_values, monkeypatch):
+    """The output pass and the input gradient's pass (``_affine``) in both forms: BatchNorm's
+    inference kernel beyond ``_TWO_PASS_VALUES`` values, two vectorised passes up to it."""
+    from rbn_torch import functional
+
+    if two_pass_values is not None:
+        monkeypatch.setattr(functional, "_TWO_PASS_VALUES", two_pass_values)
+    generator = np.random.default_rng(5)
+    x = (generator.standard_normal((4, 3, 6, 6)) + 3).astype(np.float32).astype(np.float64)
+    assert (x.size <= functional._TWO_PASS_VALUES) == (two_pass_values is None)
+    dy = generator.standard_normal(x.shape)
+    layer = random_layer(RepresentativeBatchNorm2d(3))
+    params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
+              if name in dict(layer.named_parameters())}
+    want, _, cache = rbn_reference.forward(x, params, None, training=True)
+    bound = tolerance("float32", offset_ratio=(np.abs(x.mean((2, 3))) / x.std((2, 3))).max())
+    x32 = torch.from_numpy(x.astype(np.float32)).requires_grad_()
+    y = layer(x32)
+    y.backward(torch.from_numpy(dy.astype(np.float32)))
+    for name, got, expected in (("y", y.detach().numpy(), want), ("x", x32.grad.numpy(),
+                                                                   rbn_reference.backward(dy, cache)["x"])):
+        check = parity.compare(name, name, got, expected, "float32", bound)
+        assert check.passed, str(check)
+
+
 # ----------------------------------------------------------------------------- nn.BatchNorm equivalence
 
 
