@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` (0: one process, the default). Each test file runs whole on
 # one worker, so its module fixtures are built once; each worker after the first gets a Jittor
 # kernel cache of its own (tests/conftest.py). Two workers took 9:41 against 16:16 warm on 2 cores,
-# but one run of four failed MindSpore's two-process launch (its ring all-reduce timed out while
+# but one run of five failed MindSpore's two-process launch (its ring all-reduce timed out while
 # the other worker held the cores), so CI stays in one process.
 PYTEST_WORKERS ?= 0
 
