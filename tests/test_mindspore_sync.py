@@ -180,8 +180,10 @@ def ranks_dir(tmp_path_factory, inputs):
              **{"resnet." + k: v for k, v in resnet.items()})
     script = directory / "worker.py"
     script.write_text(WORKER)
+    # MS_NODE_TIMEOUT: a CPU collective waits 30 s for its peer by default, and a peer compiling a graph on a
+    # busy core (another test process beside this launch) can take longer; the launch's own timeout bounds a hang.
     env = dict(os.environ, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(free_port()), MS_WORKER_NUM=str(WORLD_SIZE),
-               PYTHONPATH=str(ROOT))
+               MS_NODE_TIMEOUT=str(LAUNCH_TIMEOUT), PYTHONPATH=str(ROOT))
     cases = [f"{mode}/{':'.join(map(str, CASES[case]))}" for mode in ("pynative", "graph")
              for case in (CASES if mode == "pynative" else GRAPH_CASES)]
     roles = [("MS_SCHED", None)] + [("MS_WORKER", str(rank)) for rank in range(WORLD_SIZE)]
