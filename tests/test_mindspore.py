@@ -243,6 +243,30 @@ def test_jit_function_matches_pynative():
     assert_close(compiled.moving_mean.asnumpy(), eager.moving_mean.asnumpy(), "float32")
 
 
+def test_a_new_layer_of_a_shape_already_run_compiles_nothing():
+    """ms.jit keys its graphs on the Parameters it is given; the layer's compiled parts take their
+    values, so another layer of a shape already run (elsewhere in the network, in a new model)
+    reuses the graphs, with its own parameters: a first step compiles once per shape, not per layer."""
+    from mindspore.graph import api
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 5, 5)) + 2
+    dy = Tensor(rng.standard_normal(x.shape).astype(np.float32))
+    compiled = None
+    for seed in range(3):
+        layer = random_layer(RepresentativeBatchNorm2d(3, scaling_stat="sigma_c"), seed).set_train()
+        params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
+                  if name in TRAINABLE}
+        y, _, _ = gradients(layer, Tensor(x.astype(np.float32)), dy)
+        layer.set_train(False)
+        layer(Tensor(x.astype(np.float32))).asnumpy()
+        if compiled is None:
+            compiled = len(api.ms_compile_cache)
+        assert len(api.ms_compile_cache) == compiled, f"layer {seed} compiled again"
+        want, _, _ = rbn_reference.forward(x, params, None, training=True, scaling_stat="sigma_c")
+        assert_close(y, want, "float32")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
