@@ -46,6 +46,12 @@ def random_layer(layer, seed=0):
     return layer
 
 
+def oracle_parameters(layer):
+    """The layer's trainable parameters as the oracle takes them: canonical names, float64 arrays."""
+    return {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
+            if name in TRAINABLE}
+
+
 def gradients(layer, x, dy):
     """(y, dx, {canonical name: grad}) of sum(y * dy), one training or eval call."""
     weights = layer.trainable_params()
@@ -76,8 +82,7 @@ def test_large_mean_float32_input_matches_float64_oracle():
     for stats in (("mu_c", "sigma_c"), ("sigma_s", "mu_s")):  # the channel path and the literal one
         layer = random_layer(RepresentativeBatchNorm2d(3, centering_stat=stats[0], scaling_stat=stats[1]))
         layer.set_train()
-        params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
-                  if name in TRAINABLE}
+        params = oracle_parameters(layer)
         want, _, _ = rbn_reference.forward(x, params, None, training=True, centering_stat=stats[0],
                                            scaling_stat=stats[1])
         y = layer(Tensor(x.astype(np.float32))).asnumpy()
@@ -255,8 +260,7 @@ def test_a_new_layer_of_a_shape_already_run_compiles_nothing():
     compiled = None
     for seed in range(3):
         layer = random_layer(RepresentativeBatchNorm2d(3, scaling_stat="sigma_c"), seed).set_train()
-        params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
-                  if name in TRAINABLE}
+        params = oracle_parameters(layer)
         y, _, _ = gradients(layer, Tensor(x.astype(np.float32)), dy)
         layer.set_train(False)
         layer(Tensor(x.astype(np.float32))).asnumpy()

@@ -38,6 +38,12 @@ def random_layer(layer, seed=0):
     return layer
 
 
+def oracle_parameters(layer):
+    """The layer's parameters as the oracle takes them: canonical names, float64 arrays."""
+    return {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
+            if name in dict(layer.named_parameters())}
+
+
 # ----------------------------------------------------------------------------- parity with the oracle
 
 
@@ -99,8 +105,7 @@ def test_large_mean_float32_input_matches_float64_oracle():
     generator = np.random.default_rng(3)
     x = 1e4 + generator.standard_normal((4, 3, 5, 5))
     layer = random_layer(RepresentativeBatchNorm2d(3))
-    params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
-              if name in dict(layer.named_parameters())}
+    params = oracle_parameters(layer)
     want, _, _ = rbn_reference.forward(x, params, None, training=True)
     y = layer(torch.from_numpy(x.astype(np.float32)))
     check = parity.compare("y", "y", y.detach().numpy(), want, "float32", tolerance("float32", offset_ratio=1e4))
@@ -127,8 +132,7 @@ def test_instances_on_either_side_of_the_one_pass_variance_match_the_oracle(rati
     assert (ratio > functional._ONE_PASS_RATIO) == (ratio > 4)
     dy = generator.standard_normal(x.shape)
     layer = random_layer(RepresentativeBatchNorm2d(3, scaling_stat="sigma_c"))
-    params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
-              if name in dict(layer.named_parameters())}
+    params = oracle_parameters(layer)
     want, _, cache = rbn_reference.forward(x, params, None, training=True, scaling_stat="sigma_c")
     bound = tolerance("float32", offset_ratio=ratio)
     x32 = torch.from_numpy(x.astype(np.float32)).requires_grad_(grad)
@@ -155,8 +159,7 @@ def test_either_form_of_the_affine_pass_matches_the_oracle(two_pass_values, monk
     assert (x.size <= functional._TWO_PASS_VALUES) == (two_pass_values is None)
     dy = generator.standard_normal(x.shape)
     layer = random_layer(RepresentativeBatchNorm2d(3))
-    params = {name: value.astype(np.float64) for name, value in state_dict_to_numpy(layer).items()
-              if name in dict(layer.named_parameters())}
+    params = oracle_parameters(layer)
     want, _, cache = rbn_reference.forward(x, params, None, training=True)
     bound = tolerance("float32", offset_ratio=(np.abs(x.mean((2, 3))) / x.std((2, 3))).max())
     x32 = torch.from_numpy(x.astype(np.float32)).requires_grad_()
