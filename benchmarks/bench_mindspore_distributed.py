@@ -83,7 +83,8 @@ def launch(args):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # A CPU collective waits MS_NODE_TIMEOUT (30 s by default) for a peer that may still be compiling.
     env = dict(os.environ, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(port), MS_WORKER_NUM=str(args.processes),
-               MS_NODE_TIMEOUT=str(args.timeout), PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+               MS_NODE_TIMEOUT=str(args.timeout),
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     roles = [dict(MS_ROLE="MS_SCHED")] + [dict(MS_ROLE="MS_WORKER", MS_NODE_ID=str(rank))
                                           for rank in range(args.processes)]
     processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env=dict(env, **role),

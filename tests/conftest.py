@@ -4,9 +4,10 @@ import os
 
 from rbn import frameworks
 
-# Under pytest-xdist (`make test PYTEST_WORKERS=2`) every worker but the first (and the processes its tests start)
-# compiles Jittor's kernels into a cache of its own: two processes compiling into one can get wrong
-# kernels (docs/jittor.md). The first keeps Jittor's own cache, the one `make demo` warms.
+# Under pytest-xdist (`make test PYTEST_WORKERS=2`) every worker but the first (and the processes
+# its tests start) compiles Jittor's kernels into a cache of its own: two processes compiling into
+# one can get wrong kernels (docs/jittor.md). The first keeps Jittor's own cache, the one `make demo`
+# warms.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 if _WORKER != "gw0":
     os.environ["cache_name"] = f"{os.environ.get('cache_name', 'rbn-test')}-{_WORKER}"
