@@ -191,29 +191,6 @@ def _update_running_stats(running_mean, running_var, num_batches_tracked, batch_
     ops.assign(running_var, var)
 
 
-@ms.jit
-def _running_stats(running_mean, running_var, num_batches_tracked, batch_mean, batch_var, count, momentum):
-    """The updated running mean and variance.
-
-    Compiled (``ms.jit``): in PyNative its dozen (C,)-sized ops would each cost a dispatch,
-    ~15 ms per training step at (32, 64, 56, 56) on this CPU. In Graph mode it is inlined.
-    """
-    if momentum is None:
-        factor = 1 / num_batches_tracked.astype(batch_mean.dtype)
-    else:
-        factor = _scalar(momentum, batch_mean.dtype)
-    unbiased_var = batch_var * count / (count - 1)
-    return running_mean + (batch_mean - running_mean) * factor, running_var + (unbiased_var - running_var) * factor
-
-
-def _as_values(*tensors):
-    """The tensors with every Parameter as a plain value, for an ``ms.jit`` function: its compile
-    cache is keyed on the ids of the Parameters it is given, so each layer's own Parameters
-    would compile the same graph again, layer by layer and model by model (mobilenet_v2's first
-    PyNative step: 123 compiles, 25 s). Not differentiated: the callers' gradients are their own."""
-    return tuple([ops.stop_gradient(tensor) for tensor in tensors])
-
-
 def _instance_statistic(statistic, x, eps):
     """K of Eq. 5 / Eq. 9, keeping the reduced axes so that it broadcasts against ``x``."""
     axes = _reduction_dims(statistic, x.ndim)
@@ -319,6 +296,29 @@ def _instance_moments(x, eps, bn_train):
 
 
 # ----------------------------------------------------------------------------- small shared pieces
+
+
+@ms.jit
+def _running_stats(running_mean, running_var, num_batches_tracked, batch_mean, batch_var, count, momentum):
+    """The updated running mean and variance.
+
+    Compiled (``ms.jit``): in PyNative its dozen (C,)-sized ops would each cost a dispatch,
+    ~15 ms per training step at (32, 64, 56, 56) on this CPU. In Graph mode it is inlined.
+    """
+    if momentum is None:
+        factor = 1 / num_batches_tracked.astype(batch_mean.dtype)
+    else:
+        factor = _scalar(momentum, batch_mean.dtype)
+    unbiased_var = batch_var * count / (count - 1)
+    return running_mean + (batch_mean - running_mean) * factor, running_var + (unbiased_var - running_var) * factor
+
+
+def _as_values(*tensors):
+    """The tensors with every Parameter as a plain value, for an ``ms.jit`` function: its compile
+    cache is keyed on the ids of the Parameters it is given, so each layer's own Parameters
+    would compile the same graph again, layer by layer and model by model (mobilenet_v2's first
+    PyNative step: 123 compiles, 25 s). Not differentiated: the callers' gradients are their own."""
+    return tuple([ops.stop_gradient(tensor) for tensor in tensors])
 
 
 def _per_channel(vector, ndim):
