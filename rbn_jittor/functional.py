@@ -289,9 +289,17 @@ def _lerp_in_place(stat, batch, momentum):
 
 
 def _constant(value, dtype):
-    """A Python number as a (1,) Var of ``dtype`` (Jittor would make it a float32 constant)."""
+    """A Python number as a (1,) Var of ``dtype`` (Jittor would make it a float32 constant).
+
+    Computed at once (docs/jittor.md, "one-element arrays"): left in the graph, a (1,) array that
+    feeds two ops or a ``jt.code`` kernel runs under a kernel key without its dtype, and Jittor
+    reused the kernel of a float32 one run earlier in the process for a float64 one (outputs
+    off by up to 1.4, not rounding).
+    """
     with jt.flag_scope(auto_convert_64_to_32=0):
-        return jt.array(np.array([value], dtype=str(dtype)))
+        constant = jt.array(np.array([value], dtype=str(dtype)))
+    constant.sync()
+    return constant
 
 
 def _mean(x, dims, keepdims=False):

@@ -100,7 +100,8 @@ def load_numpy_state_dict(module, arrays, *, strict=True):
     check_state_dict("state dict", missing, unexpected, mis_shaped, strict=strict)
     with jt.flag_scope(auto_convert_64_to_32=0):  # else float64 arrays arrive as float32
         for name, array in values.items():
-            targets[name].update(jt.array(array))
+            # synced: a (1,) array left in the graph can run another dtype's kernel (functional._constant)
+            targets[name].update(jt.array(array)).sync()
     return missing, unexpected
 
 

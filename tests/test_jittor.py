@@ -1,5 +1,9 @@
 """rbn_jittor against the oracle, and against Jittor's own BatchNorm."""
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -67,6 +71,39 @@ def test_channel_and_literal_paths_agree_through_functional():
     y_channel = F.representative_batch_norm(x, None, None, training=True, **vectors)
     y_literal = F._literal_path(x, rbn_reference.Parameters(**vectors), None, rbn_reference.Options(), None)[0]
     assert_close(y_channel.numpy(), y_literal.numpy())
+
+
+# A process that has run nothing else: first a user's float32 (1,) constant feeding two ops, then
+# parity cases of both paths in float32 and then float64. The grid above runs in an order that
+# hid the bug this guards against.
+FLOAT32_THEN_FLOAT64 = """
+from rbn import frameworks
+frameworks.prepare_import("jittor")
+import jittor as jt
+import numpy as np
+from rbn_jittor.parity import run_module
+from rbn_reference import parity
+
+# a user's float32 constant, shared by two fused kernels of different shapes
+x, v, eps = jt.ones((3, 4, 20)), jt.ones(4), jt.array(np.array([1e-5], np.float32))
+y = x / jt.sqrt(v + eps).reshape((1, -1, 1))
+(y.sum([1], keepdims=True) + eps).sync()
+for case in parity.CASES:
+    if case.id in ("2d-mu_c-mu_c", "2d-mu_c-sigma_s", "2d-sigma_c-mu_s-untracked"):
+        for mode in parity.MODES:
+            for dtype in ("float32", "float64"):
+                parity.assert_checks(parity.check_case(run_module, case, dtype, mode == "train"))
+"""
+FRESH_PROCESS_TIMEOUT_S = 600  # its kernels may be cold (about a minute here)
+
+
+def test_float64_after_float32_in_a_fresh_process_matches_the_oracle():
+    """A (1,) array left in Jittor's graph ran another dtype's kernel (``functional._constant``):
+    after the user's float32 constant, the channel path (its eps is float64) was off by up to 1.4
+    on float64 inputs and 4e-4 on float32 ones."""
+    result = subprocess.run([sys.executable, "-c", FLOAT32_THEN_FLOAT64], cwd=pathlib.Path(__file__).parents[1],
+                            capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 # ----------------------------------------------------------------------------- BatchNorm
