@@ -172,10 +172,9 @@ def _update_running_stats(running_mean, running_var, mean, var, count, momentum)
 
 
 def _instance_statistic(statistic, x, eps):
-    """``K`` of Eq. 5 / Eq. 9, keeping the reduced dims; ``mu_c(X) = X`` without spatial dims."""
+    """``K`` of Eq. 5 / Eq. 9 of ``x`` (N, C, L), keeping the reduced dim. Without spatial dims
+    (L = 1) ``mu_c(X) = X`` and ``sigma_c(X) = sqrt(eps)``, as the oracle has them."""
     dims = _reduction_dims(statistic, x.ndim)
-    if not dims:
-        return x if statistic == "mu_c" else jt.sqrt(jt.zeros_like(x) + eps)
     mean = _mean(x, dims, keepdims=True)
     if statistic.startswith("mu"):
         return mean
@@ -191,8 +190,13 @@ def _literal_path(x, params, running, options, share):
     under MPI (:func:`_process_share`), or None. Returns y and the (C,) batch mean and biased
     variance of ``X_cm``, over every MPI process when ``share`` is given.
     """
+    # On x viewed as (N, C, L), as the channel path sees it: Jittor compiles a fused kernel per
+    # op graph, ranks included, so 1d, 2d and 3d inputs then share theirs (a cold cache compiles
+    # fewer).
+    shape = x.shape
+    x = x.reshape((shape[0], shape[1], -1))
     eps = _constant(options.eps, x.dtype)
-    dims = [0] + list(range(2, x.ndim))
+    dims = [0, 2]
     x_cm = x
     if params.center_weight is not None:
         x_cm = x + _per_channel(params.center_weight, x.ndim) * _instance_statistic(options.centering_stat, x, eps)
@@ -215,7 +219,7 @@ def _literal_path(x, params, running, options, share):
                              + _per_channel(params.scale_bias, x.ndim))
     if params.weight is not None:
         y = y * _per_channel(params.weight, x.ndim) + _per_channel(params.bias, x.ndim)
-    return y, batch_mean, batch_var
+    return y.reshape(shape), batch_mean, batch_var
 
 
 # ----------------------------------------------------------------------------- channel path
