@@ -73,21 +73,35 @@ def test_channel_and_literal_paths_agree_through_functional():
     assert_close(y_channel.numpy(), y_literal.numpy())
 
 
-# A process that has run nothing else: first a user's float32 (1,) constant feeding two ops, then
-# parity cases of both paths in float32 and then float64. The grid above runs in an order that
+# A process that has run nothing else: first a user's float32 (1,) constant feeding two ops, then a
+# one-channel float64 layer loaded and run, then parity cases of both paths in float32 and then
+# float64. The grid above runs in an order that
 # hid the bug this guards against.
 FLOAT32_THEN_FLOAT64 = """
 from rbn import frameworks
 frameworks.prepare_import("jittor")
 import jittor as jt
 import numpy as np
+from rbn_jittor import RepresentativeBatchNorm2d
 from rbn_jittor.parity import run_module
+from rbn_jittor.state_dict import load_numpy_state_dict, state_dict_to_numpy
 from rbn_reference import parity
 
 # a user's float32 constant, shared by two fused kernels of different shapes
 x, v, eps = jt.ones((3, 4, 20)), jt.ones(4), jt.array(np.array([1e-5], np.float32))
 y = x / jt.sqrt(v + eps).reshape((1, -1, 1))
 (y.sum([1], keepdims=True) + eps).sync()
+# a one-channel float64 layer: its vectors are (1,) arrays when loaded
+with jt.flag_scope(auto_convert_64_to_32=0):
+    layer = RepresentativeBatchNorm2d(1)
+    layer.float64()
+    loaded = {name: np.full_like(value, 0.7) for name, value in state_dict_to_numpy(layer).items()
+              if value.dtype == np.float64}
+    load_numpy_state_dict(layer, loaded, strict=False)
+    layer(jt.array(np.random.default_rng(0).normal(size=(4, 1, 3, 3)))).sync()
+state = state_dict_to_numpy(layer)
+for name in ("weight", "bias", "center_weight", "scale_weight", "scale_bias"):
+    np.testing.assert_array_equal(state[name], loaded[name], err_msg=name)
 for case in parity.CASES:
     if case.id in ("2d-mu_c-mu_c", "2d-mu_c-sigma_s", "2d-sigma_c-mu_s-untracked"):
         for mode in parity.MODES:
@@ -100,7 +114,8 @@ FRESH_PROCESS_TIMEOUT_S = 600  # its kernels may be cold (about a minute here)
 def test_float64_after_float32_in_a_fresh_process_matches_the_oracle():
     """A (1,) array left in Jittor's graph ran another dtype's kernel (``functional._constant``):
     after the user's float32 constant, the channel path (its eps is float64) was off by up to 1.4
-    on float64 inputs and 4e-4 on float32 ones."""
+    on float64 inputs and 4e-4 on float32 ones, and a one-channel float64 layer's loaded weights
+    read 0 (``load_numpy_state_dict``)."""
     result = subprocess.run([sys.executable, "-c", FLOAT32_THEN_FLOAT64], cwd=pathlib.Path(__file__).parents[1],
                             capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-4000:]
