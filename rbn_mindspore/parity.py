@@ -52,16 +52,17 @@ def run_module(x, params, state, dy, *, training, momentum, eps, centering_stat,
     load_numpy_state_dict(layer, {**params, **(state or {})}, strict=state is not None)
     layer.set_train(training)
     inputs, upstream = Tensor(x), Tensor(dy)
-    # A forward inside value_and_grad updates the moving statistics too: the last step is it.
-    for _ in range(steps - 1):
-        layer(inputs)
     weights = layer.trainable_params()
 
     def objective(inputs):
         y = layer(inputs)
         return (y * upstream).sum(), y
 
-    (_, y), (grad_x, grad_weights) = ms.value_and_grad(objective, 0, weights, has_aux=True)(inputs)
+    # Every step goes through the one gradient function (its forward updates the moving statistics
+    # too): in GRAPH_MODE a plain call before it would compile a second graph, a second a case.
+    step = ms.value_and_grad(objective, 0, weights, has_aux=True)
+    for _ in range(steps):
+        (_, y), (grad_x, grad_weights) = step(inputs)
     names = {id(param): name for name, param in canonical_parameters(layer).items()}
     grads = {"x": grad_x.asnumpy()}
     grads.update({names[id(weight)]: grad.asnumpy() for weight, grad in zip(weights, grad_weights)})

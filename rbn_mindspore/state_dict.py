@@ -189,9 +189,10 @@ def load_checkpoint(cell, ckpt_file_name, *, strict=True):
         >>> import os, tempfile
         >>> import mindspore as ms
         >>> from rbn_mindspore import RepresentativeBatchNorm2d, load_checkpoint
-        >>> path = os.path.join(tempfile.mkdtemp(), "rbn.ckpt")
-        >>> ms.save_checkpoint(RepresentativeBatchNorm2d(3, gamma_init="zeros"), path)
-        >>> load_checkpoint(RepresentativeBatchNorm2d(3), path).gamma.asnumpy()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "rbn.ckpt")
+        ...     ms.save_checkpoint(RepresentativeBatchNorm2d(3, gamma_init="zeros"), path)
+        ...     load_checkpoint(RepresentativeBatchNorm2d(3), path).gamma.asnumpy()
         array([0., 0., 0.], dtype=float32)
     """
     param_dict = ms.load_checkpoint(ckpt_file_name)

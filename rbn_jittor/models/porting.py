@@ -37,9 +37,10 @@ def read(path):
         >>> import os, tempfile
         >>> from jittor import nn
         >>> from rbn_jittor.models import porting
-        >>> path = os.path.join(tempfile.mkdtemp(), "bn.pkl")
-        >>> nn.BatchNorm2d(2).save(path)
-        >>> sorted(porting.read(path))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "bn.pkl")
+        ...     nn.BatchNorm2d(2).save(path)
+        ...     sorted(porting.read(path))
         ['bias', 'running_mean', 'running_var', 'weight']
     """
     state = safe_pickle.load_jittor(path)
@@ -59,9 +60,10 @@ def write(path, arrays):
 
         >>> import os, tempfile, numpy as np
         >>> from rbn_jittor.models import porting
-        >>> path = os.path.join(tempfile.mkdtemp(), "w.pkl")
-        >>> porting.write(path, {"weight": np.ones(2, dtype=np.float32)})
-        >>> porting.read(path)["weight"]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "w.pkl")
+        ...     porting.write(path, {"weight": np.ones(2, dtype=np.float32)})
+        ...     porting.read(path)["weight"]
         array([1., 1.], dtype=float32)
     """
     jt.save(dict(arrays), path)

@@ -41,9 +41,10 @@ def read(path):
         >>> import os, tempfile
         >>> from mindspore import nn, save_checkpoint
         >>> from rbn_mindspore.models import porting
-        >>> path = os.path.join(tempfile.mkdtemp(), "bn.ckpt")
-        >>> save_checkpoint(nn.SequentialCell([nn.BatchNorm2d(2)]), path)
-        >>> sorted(porting.read(path))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "bn.ckpt")
+        ...     save_checkpoint(nn.SequentialCell([nn.BatchNorm2d(2)]), path)
+        ...     sorted(porting.read(path))
         ['0.beta', '0.gamma', '0.moving_mean', '0.moving_variance']
     """
     return {name: parameter.asnumpy() for name, parameter in ms.load_checkpoint(path).items()}
@@ -62,9 +63,10 @@ def write(path, arrays):
     Examples:
         >>> import os, tempfile, numpy as np
         >>> from rbn_mindspore.models import porting
-        >>> path = os.path.join(tempfile.mkdtemp(), "w.ckpt")
-        >>> porting.write(path, {"fc.weight": np.ones(2, dtype=np.float32)})
-        >>> porting.read(path)["fc.weight"]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "w.ckpt")
+        ...     porting.write(path, {"fc.weight": np.ones(2, dtype=np.float32)})
+        ...     porting.read(path)["fc.weight"]
         array([1., 1.], dtype=float32)
     """
     ms.save_checkpoint([{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()], path)

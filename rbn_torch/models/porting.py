@@ -34,9 +34,10 @@ def read(path):
 
         >>> import os, tempfile, torch
         >>> from rbn_torch.models import porting
-        >>> path = os.path.join(tempfile.mkdtemp(), "bn.pt")
-        >>> torch.save({"state_dict": torch.nn.BatchNorm2d(2).state_dict(), "epoch": 3}, path)
-        >>> sorted(porting.read(path))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "bn.pt")
+        ...     torch.save({"state_dict": torch.nn.BatchNorm2d(2).state_dict(), "epoch": 3}, path)
+        ...     sorted(porting.read(path))
         ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -58,9 +59,10 @@ def write(path, arrays):
 
         >>> import os, tempfile, numpy as np
         >>> from rbn_torch.models import porting
-        >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
-        >>> porting.write(path, {"weight": np.ones(2, dtype=np.float32)})
-        >>> porting.read(path)["weight"]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "w.pt")
+        ...     porting.write(path, {"weight": np.ones(2, dtype=np.float32)})
+        ...     porting.read(path)["weight"]
         array([1., 1.], dtype=float32)
     """
     torch.save({name: torch.from_numpy(array) for name, array in arrays.items()}, path)
@@ -179,9 +181,10 @@ def export_onnx(model, path, *, input_shape, opset=None, dynamo=True, force=Fals
         >>> from rbn_torch.models import porting
         >>> from rbn_torch import RepresentativeBatchNorm2d
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), RepresentativeBatchNorm2d(4))
-        >>> path = os.path.join(tempfile.mkdtemp(), "net.onnx")
-        >>> porting.export_onnx(net, path, input_shape=(2, 3, 8, 8), dynamo=False)
-        >>> os.path.getsize(path) > 0, net.training
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "net.onnx")
+        ...     porting.export_onnx(net, path, input_shape=(2, 3, 8, 8), dynamo=False)
+        ...     os.path.getsize(path) > 0, net.training
         (True, True)
     """
     example = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
