@@ -21,6 +21,7 @@ that stops the gradients (they come out as zeros; tried with MindSpore 2.10).
 """
 
 import functools
+import itertools
 
 import mindspore as ms
 import mindspore.common.dtype as mstype
@@ -455,6 +456,9 @@ def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch
                                instance_kernels)
 
 
+_KERNEL_NUMBERS = itertools.count()  # a name for each kernel's compiled functions
+
+
 class _ChannelStatisticsKernel(nn.Cell):
     """Eq. 12 for channel statistics with a hand-written backward.
 
@@ -509,6 +513,18 @@ class _ChannelStatisticsKernel(nn.Cell):
         self.coefficients = coefficients
         self.backward_coefficients = backward_coefficients
 
+    def _compile(self, forward, backward):
+        """``self.forward``, ``self.backward``: the two functions under ``ms.jit``, named after this kernel.
+
+        MindSpore warns that a function "has been compiled again" (and to reuse its object) when a
+        second function object from the same source line compiles: that is every configuration
+        after the first (a layer's evaluation after its training, say), each compiled once.
+        """
+        number = next(_KERNEL_NUMBERS)
+        for function in (forward, backward):
+            function.__name__ = f"{function.__name__}_{number}"
+        self.forward, self.backward = ms.jit(forward), ms.jit(backward)
+
     def construct(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var):
         return self.forward(x, *_as_values(weight, bias, center_weight, scale_weight, scale_bias, running_mean,
                                            running_var))
@@ -542,8 +558,7 @@ class _FusedChannelKernel(_ChannelStatisticsKernel):
             dx = instance_kernels.combine(dy_rows, rows, mean, a, 2 * d_var / count, (d_mean - a * sum_dy) / count)
             return (dx.reshape(x.shape),) + vector_grads
 
-        self.forward = ms.jit(forward)
-        self.backward = ms.jit(backward)
+        self._compile(forward, backward)
 
     def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
         return self.backward(x, out[4], out[5], dout[0], weight, bias, center_weight, scale_weight, scale_bias,
@@ -593,8 +608,7 @@ class _PrimitiveChannelKernel(_ChannelStatisticsKernel):
                                      bn_infer))
             return (dx.reshape(x.shape),) + vector_grads
 
-        self.forward = ms.jit(forward)
-        self.backward = ms.jit(backward)
+        self._compile(forward, backward)
 
     def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
         return self.backward(x, out[4], out[5], out[6], dout[0], weight, bias, center_weight, scale_weight,

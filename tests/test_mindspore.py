@@ -271,6 +271,23 @@ def test_a_new_layer_of_a_shape_already_run_compiles_nothing():
         assert_close(y, want, "float32")
 
 
+def test_training_then_evaluating_warns_nothing(monkeypatch):
+    """Training and evaluation are two configurations of the layer's compiled parts, each compiled
+    once; MindSpore's "has been compiled again" warning (for a function object rebuilt by mistake)
+    is not for them, and a user who evaluates after training must not see it."""
+    from mindspore import log  # ms.jit warns through it
+
+    warned = []
+    monkeypatch.setattr(log, "warning", lambda message, *args, **kwargs: warned.append(str(message)))
+    layer = RepresentativeBatchNorm2d(3, eps=1.5e-5)  # a configuration no other test compiles
+    rng = np.random.default_rng(6)
+    x = Tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    dy = Tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    for training in (True, False):
+        gradients(layer.set_train(training), x, dy)
+    assert not [message for message in warned if "compiled again" in message], warned
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
