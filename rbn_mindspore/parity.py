@@ -37,10 +37,10 @@ def version():
 
 def run_module(x, params, state, dy, *, training, momentum, eps, centering_stat, scaling_stat, steps):
     """One parity case (``rbn_reference.parity``'s adapter interface): the Cell of ``x``'s rank
-    loaded with the canonical ``params``/``state``, ``steps`` calls in the given mode, the last one
-    differentiated against ``dy``. Returns ``{"y", "grads", "state"}`` as NumPy under canonical
-    names. float16 input is computed with the float32 Cell (mixed precision); other dtypes raise
-    ``NotSupported``."""
+    loaded with the canonical ``params``/``state``, ``steps`` calls in the given mode, each one
+    differentiated against ``dy``, the last one's results returned. Returns ``{"y", "grads",
+    "state"}`` as NumPy under canonical names. float16 input is computed with the float32 Cell
+    (mixed precision); other dtypes raise ``NotSupported``."""
     if x.dtype not in (np.float16, np.float32, np.float64):
         raise NotSupported(f"rbn_mindspore computes in float16, float32 or float64 (got {x.dtype})")
     layer = LAYERS[x.ndim](
