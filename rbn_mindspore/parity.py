@@ -59,7 +59,7 @@ def run_module(x, params, state, dy, *, training, momentum, eps, centering_stat,
         return (y * upstream).sum(), y
 
     # Every step goes through the one gradient function (its forward updates the moving statistics
-    # too): in GRAPH_MODE a plain call before it would compile a second graph, a second a case.
+    # too): in GRAPH_MODE a plain call before it would compile a second graph for each case.
     step = ms.value_and_grad(objective, 0, weights, has_aux=True)
     for _ in range(steps):
         (_, y), (grad_x, grad_weights) = step(inputs)

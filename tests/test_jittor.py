@@ -75,8 +75,7 @@ def test_channel_and_literal_paths_agree_through_functional():
 
 # A process that has run nothing else: first a user's float32 (1,) constant feeding two ops, then a
 # one-channel float64 layer loaded and run, then parity cases of both paths in float32 and then
-# float64. The grid above runs in an order that
-# hid the bug this guards against.
+# float64. The grid above runs in an order that hid the bug this guards against.
 FLOAT32_THEN_FLOAT64 = """
 from rbn import frameworks
 frameworks.prepare_import("jittor")
