@@ -8,10 +8,12 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from mindspore import Tensor  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
 from rbn_reference import parity  # noqa: E402
+from test_mindspore import assert_close, random_layer  # noqa: E402
 
 from rbn_mindspore import RepresentativeBatchNorm2d  # noqa: E402
+from rbn_mindspore.functional import _channel_statistics_kernel  # noqa: E402
 from rbn_mindspore.parity import run_module  # noqa: E402
 
 
@@ -40,3 +42,29 @@ def test_bad_input_raises_at_compile_time(layer, shape, message):
         layer(Tensor(np.ones(shape, np.float32)))
     # Graph mode quotes the message and appends its compile traceback.
     assert str(error.value).splitlines()[0] == repr(message)
+
+
+def test_layers_share_the_kernel_subgraph_not_their_values():
+    """The channel kernel's two compiled functions are subgraphs that every layer of a Graph-mode
+    network calls (``ms.no_inline`` on their ``ms.jit`` wrappers, which the graph parser reads; not
+    on the functions, which PyNative's top-level compile reads, see ``_ChannelStatisticsKernel._compile``).
+    Three layers of one shape in one graph keep their own parameters, outputs and gradients: the
+    same as the layers run one op at a time in PyNative."""
+    kernel = _channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True)
+    assert kernel.forward.no_inline and kernel.backward.no_inline
+    assert not hasattr(kernel.forward.__wrapped__, "no_inline")
+    x = Tensor(np.random.default_rng(3).standard_normal((4, 3, 5, 5)).astype(np.float32) + 4)
+    results = []
+    for mode in (ms.GRAPH_MODE, ms.PYNATIVE_MODE):
+        ms.set_context(mode=mode)
+        net = nn.SequentialCell([random_layer(RepresentativeBatchNorm2d(3), seed) for seed in range(3)]).set_train()
+        weights = net.trainable_params()
+
+        def loss(x):
+            return (net(x) * ops.arange(x.size, dtype=x.dtype).reshape(x.shape)).sum()
+
+        step = ms.value_and_grad(loss, 0, weights)
+        value, (grad_x, grads) = (ms.jit(step) if mode == ms.GRAPH_MODE else step)(x)
+        results.append([value, grad_x, *grads, *[layer.moving_variance for layer in net]])
+    for graph, pynative in zip(*results):
+        assert_close(graph.asnumpy(), pynative.asnumpy().astype(np.float64), "float32")
