@@ -20,11 +20,11 @@ different step in another run).
 Float32 runs are judged step by step instead, since free-running float32 training meets such
 events at steps its own rounding decides, and no small envelope of another framework's runs
 holds them: before every step the first framework's state (parameters, running statistics,
-batch counts, momentum buffers; ``Trainer.load_state``) is loaded into a second copy of the
-float32 framework, which takes the step; its gap to the first framework after it (the 1-step
-gap) must stay within a multiple of the same step's 1-step noise (the first framework in the
-other dtype, restarted from that state and from copies of it moved one ulp). Their free-running
-gaps are still reported.
+batch counts, momentum buffers; ``Trainer.load_state``) is loaded into the float32 framework's
+model, its own state set aside, and it takes the step; its gap to the first framework after it
+(the 1-step gap) must stay within a multiple of the same step's 1-step noise (the first framework
+in the other dtype, restarted from that state and from copies of it moved one ulp). Then the
+model's own state is put back for its free-running step, whose gaps are still reported.
 """
 
 import json
@@ -258,9 +258,9 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
 
     Float32 runs (a framework that cannot train in float64, or every one with ``dtype``
     "float32") are judged step by step: before each step the reference's state (parameters,
-    running statistics, batch counts, momentum buffers) is loaded into a second copy of the
-    framework, which takes that one step; its gap to the reference after the step is the step's
-    restarted gap. Free-running float32 training is chaotic (see the tolerances), a restarted step
+    running statistics, batch counts, momentum buffers) is loaded into the run's model, its own
+    state set aside, and it takes that one step; its gap to the reference after the step is the
+    step's restarted gap. Its own state is then put back for its free-running step. Free-running float32 training is chaotic (see the tolerances), a restarted step
     carries one step's rounding only. Its bound scales with the step's 1-step noise: the worst
     restarted gap of the first framework in the other dtype, from the same state and from
     ``TRAJECTORY_NOISE_PERTURBED`` copies of it moved one ulp. Float64 runs are judged by their
@@ -285,18 +285,21 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     runs = [start(name, start_checkpoint, arch, "float32" if fallbacks[name] else dtype, settings,
                   fallback=fallbacks[name], role="reference" if name == first else "compared") for name in names]
     other = "float32" if dtype == "float64" else "float64"
-    runs.append(start(first, start_checkpoint, arch, other, settings, label=f"{first} {other}", role="noise"))
+    other_run = start(first, start_checkpoint, arch, other, settings, label=f"{first} {other}", role="noise")
+    runs.append(other_run)
     runs += [start(first, perturbed_start(start_checkpoint, seed, member), arch, "float32", settings,
                    label=f"{first} float32 perturbed {member}", role="noise")
              for member in range(1, TRAJECTORY_NOISE_PERTURBED + 1)]
-    # One restarted copy per float32 run, keyed by the run it stands for, and the 1-step noise
+    # One restarted run per float32 run, keyed by the run it stands for, and the 1-step noise
     # members: the first framework in the other dtype, restarted from the reference's state and
-    # from it moved one ulp (seeded by the member and the step).
-    restarts = {r.info.label: start(r.info.framework, start_checkpoint, arch, r.info.dtype, settings,
-                                    label=f"{r.info.label} restarted", role="restarted")
+    # from it moved one ulp (seeded by the member and the step). They borrow a model: the run they
+    # stand for, or the noise run in the other dtype (``restarted_step``). A model of their own
+    # would cost a compile more (MindSpore compiles its train step per model).
+    restarts = {r.info.label: r._replace(info=RunInfo(f"{r.info.label} restarted", r.info.framework, r.info.dtype,
+                                                       "", "restarted"))
                 for r in runs if r.info.role == "compared" and restarted(r.info)}
-    restart_members = [start(first, start_checkpoint, arch, other, settings, role="restarted",
-                             label=f"{first} {other} restarted" + (f", moved {member}" if member else ""))
+    restart_members = [other_run._replace(info=RunInfo(
+        f"{first} {other} restarted" + (f", moved {member}" if member else ""), first, other, "", "restarted"))
                        for member in range(TRAJECTORY_NOISE_PERTURBED + 1)] if restarts else []
     reference = runs[0]
     float64_label = first if dtype == "float64" else f"{first} float64"
@@ -304,16 +307,14 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     trajectory = Trajectory([r.info for r in runs + list(restarts.values()) + restart_members],
                             [], [], [], [], [], [], [], [], start_checkpoint)
     for step, (x, y) in enumerate(batches(data, steps, batch_size, seed)):
-        # Copies: PyTorch's state dict arrays are views of the tensors its step updates in place.
-        state = reference.porting.state_dict_to_numpy(reference.model)
-        before = ({name: array.copy() for name, array in state.items()}, reference.trainer.momentum_buffers())
-        for member, r in enumerate(restart_members):
-            r.trainer.load_state(*(before if not member else
-                                   (moved_one_ulp(arrays, [seed, member, step]) for arrays in before)))
-        for r in restarts.values():
-            r.trainer.load_state(*before)
+        before = snapshot(reference)
         losses, states = {}, {}
-        for r in runs + list(restarts.values()) + restart_members:
+        for r in restarts.values():
+            losses[r.info.label], states[r.info.label] = restarted_step(r, before, x, y, lr)
+        for member, r in enumerate(restart_members):
+            moved = before if not member else tuple(moved_one_ulp(arrays, [seed, member, step]) for arrays in before)
+            losses[r.info.label], states[r.info.label] = restarted_step(r, moved, x, y, lr)
+        for r in runs:
             losses[r.info.label] = r.trainer.step(x.astype(r.info.dtype), y, lr)
             states[r.info.label] = r.porting.state_dict_to_numpy(r.model)
         member_gaps = {label: gaps(states[label], losses[label], states[float64_label], losses[float64_label])
@@ -340,6 +341,24 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
         if report is not None:
             report(step + 1, trajectory)
     return trajectory
+
+
+def snapshot(r):
+    """A run's state and momentum buffers (``Trainer.load_state``'s arguments), as copies: PyTorch's
+    state dict arrays are views of the tensors its step updates in place."""
+    state = r.porting.state_dict_to_numpy(r.model)
+    return {name: array.copy() for name, array in state.items()}, r.trainer.momentum_buffers()
+
+
+def restarted_step(r, state, x, y, lr):
+    """(loss, state after) of one step of ``r``'s model from ``state`` (``snapshot``'s form); the
+    model's own state is set aside for the step and put back after it, to the bit."""
+    own = snapshot(r)
+    r.trainer.load_state(*state)
+    loss = r.trainer.step(x.astype(r.info.dtype), y, lr)
+    after = snapshot(r)[0]
+    r.trainer.load_state(*own)
+    return loss, after
 
 
 def columns(trajectory):

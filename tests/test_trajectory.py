@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("mindspore")
 pytest.importorskip("jittor")
 
-from rbn import checkpoint, cli, frameworks, trajectory  # noqa: E402
+from rbn import checkpoint, cli, frameworks, training, trajectory  # noqa: E402
 from rbn_reference.tolerances import TRAJECTORY_NOISE_PERTURBED  # noqa: E402
 from tolerances import trajectory_bound  # noqa: E402
 
@@ -113,6 +113,31 @@ def test_a_perturbed_start_moves_every_value_one_ulp():
     assert all(np.array_equal(a, trajectory.perturbed_start(start, 0, 1).arrays[n]) for n, a in moved.arrays.items())
     other = trajectory.perturbed_start(start, 0, 2).arrays
     assert any(not np.array_equal(a, other[n]) for n, a in moved.arrays.items())
+
+
+def test_a_restarted_step_borrows_a_model_and_gives_it_back():
+    """One step of a run's model from another state (``restarted_step``), and the model's own state
+    put back, to the bit: the step equals that of a model of its own loaded with the state, and the
+    model's next free-running step equals that of a model never borrowed."""
+    start = checkpoint.Checkpoint(trajectory.initial_arrays("torch", "resnet20", 0, 10, 1),
+                                  {"origin": "torch", "arch": "resnet20", "norm": "rbn"})
+    (x0, y0), (x1, y1) = [(x.astype(np.float32), y)
+                          for x, y in trajectory.batches(training.load_dataset("digits"), 2, 8, 0)]
+    settings = trajectory.OPTIMIZERS["momentum"]
+    host, untouched, own = [trajectory.start("torch", start, "resnet20", "float32", settings) for _ in range(3)]
+    other = trajectory.start("torch", trajectory.perturbed_start(start, 0, 1), "resnet20", "float32", settings)
+    for r in (host, untouched, other):  # every state with momentum buffers of its own
+        r.trainer.step(x0, y0, 0.02)
+    state = trajectory.snapshot(other)
+    loss, after = trajectory.restarted_step(host, state, x1, y1, 0.02)
+    own.trainer.load_state(*state)
+    assert loss == own.trainer.step(x1, y1, 0.02)
+    want = trajectory.snapshot(own)[0]
+    assert sorted(after) == sorted(want) and all(np.array_equal(after[name], want[name]) for name in want)
+    assert host.trainer.step(x1, y1, 0.02) == untouched.trainer.step(x1, y1, 0.02)
+    got, want = trajectory.snapshot(host), trajectory.snapshot(untouched)
+    for mine, theirs in zip(got, want):
+        assert sorted(mine) == sorted(theirs) and all(np.array_equal(mine[name], theirs[name]) for name in theirs)
 
 
 def planted(monkeypatch, framework, **overrides):
