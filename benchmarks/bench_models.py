@@ -3,9 +3,9 @@ the framework's own BatchNorm.
 
 One step is forward, cross-entropy loss, backward and an SGD step with momentum 0.9, in float32
 on CPU. Time: both networks step in the same process, interleaved round by round after a warm-up
-(20 rounds for MindSpore Graph mode, whose compiled step with RBN's Cell ``bprop`` takes ~15 calls
-to settle; 3 otherwise), and the table gives the median of the per-round ratios rbn / bn and their
-spread (min-max).
+(20 rounds for MindSpore Graph mode, whose compiled step with RBN's Cell ``bprop`` took ~15 calls
+to settle while the kernel was inlined into every layer; 3 otherwise), and the table gives the
+median of the per-round ratios rbn / bn and their spread (min-max).
 Memory: each network steps alone in a fresh child process, and its peak resident set size is
 reported (the frameworks' CPU allocators keep no peak figure of their own).
 
@@ -142,7 +142,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=112, help="input height and width")
     parser.add_argument("--warmup", type=int, help="untimed interleaved rounds; default 3, MindSpore Graph mode 20 "
-                        "(a fresh ms.jit step with a Cell bprop runs 1.5-4x slower for its first ~15 calls)")
+                        "(a fresh ms.jit step with RBN's kernel inlined ran 1.5-4x slower for its first ~15 calls)")
     parser.add_argument("--repeats", type=int, default=9, help="timed interleaved rounds")
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
