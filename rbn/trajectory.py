@@ -260,8 +260,9 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     "float32") are judged step by step: before each step the reference's state (parameters,
     running statistics, batch counts, momentum buffers) is loaded into the run's model, its own
     state set aside, and it takes that one step; its gap to the reference after the step is the
-    step's restarted gap. Its own state is then put back for its free-running step. Free-running float32 training is chaotic (see the tolerances), a restarted step
-    carries one step's rounding only. Its bound scales with the step's 1-step noise: the worst
+    step's restarted gap. Its own state is then put back for its free-running step. Free-running
+    float32 training is chaotic (see the tolerances), a restarted step carries one step's rounding
+    only. Its bound scales with the step's 1-step noise: the worst
     restarted gap of the first framework in the other dtype, from the same state and from
     ``TRAJECTORY_NOISE_PERTURBED`` copies of it moved one ulp. Float64 runs are judged by their
     free-running gaps.
@@ -293,7 +294,7 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     # One restarted run per float32 run, keyed by the run it stands for, and the 1-step noise
     # members: the first framework in the other dtype, restarted from the reference's state and
     # from it moved one ulp (seeded by the member and the step). They borrow a model: the run they
-    # stand for, or the noise run in the other dtype (``restarted_step``). A model of their own
+    # stand for, or the noise run in the other dtype (``restarted_steps``). A model of their own
     # would cost a compile more (MindSpore compiles its train step per model).
     restarts = {r.info.label: r._replace(info=RunInfo(f"{r.info.label} restarted", r.info.framework, r.info.dtype,
                                                        "", "restarted"))
@@ -310,10 +311,12 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
         before = snapshot(reference)
         losses, states = {}, {}
         for r in restarts.values():
-            losses[r.info.label], states[r.info.label] = restarted_step(r, before, x, y, lr)
-        for member, r in enumerate(restart_members):
-            moved = before if not member else tuple(moved_one_ulp(arrays, [seed, member, step]) for arrays in before)
-            losses[r.info.label], states[r.info.label] = restarted_step(r, moved, x, y, lr)
+            (losses[r.info.label], states[r.info.label]), = restarted_steps(r, [before], x, y, lr)
+        if restart_members:
+            starts = [before] + [tuple(moved_one_ulp(arrays, [seed, member, step]) for arrays in before)
+                                 for member in range(1, len(restart_members))]
+            for r, (loss, after) in zip(restart_members, restarted_steps(other_run, starts, x, y, lr)):
+                losses[r.info.label], states[r.info.label] = loss, after
         for r in runs:
             losses[r.info.label] = r.trainer.step(x.astype(r.info.dtype), y, lr)
             states[r.info.label] = r.porting.state_dict_to_numpy(r.model)
@@ -350,15 +353,17 @@ def snapshot(r):
     return {name: array.copy() for name, array in state.items()}, r.trainer.momentum_buffers()
 
 
-def restarted_step(r, state, x, y, lr):
-    """(loss, state after) of one step of ``r``'s model from ``state`` (``snapshot``'s form); the
-    model's own state is set aside for the step and put back after it, to the bit."""
+def restarted_steps(r, starts, x, y, lr):
+    """[(loss, state after)] of one step of ``r``'s model from each of ``starts`` (``snapshot``'s
+    form); the model's own state is set aside once, before the first, and put back after the last,
+    to the bit."""
     own = snapshot(r)
-    r.trainer.load_state(*state)
-    loss = r.trainer.step(x.astype(r.info.dtype), y, lr)
-    after = snapshot(r)[0]
+    results = []
+    for start_state in starts:
+        r.trainer.load_state(*start_state)
+        results.append((r.trainer.step(x.astype(r.info.dtype), y, lr), snapshot(r)[0]))
     r.trainer.load_state(*own)
-    return loss, after
+    return results
 
 
 def columns(trajectory):

@@ -115,29 +115,36 @@ def test_a_perturbed_start_moves_every_value_one_ulp():
     assert any(not np.array_equal(a, other[n]) for n, a in moved.arrays.items())
 
 
-def test_a_restarted_step_borrows_a_model_and_gives_it_back():
-    """One step of a run's model from another state (``restarted_step``), and the model's own state
-    put back, to the bit: the step equals that of a model of its own loaded with the state, and the
-    model's next free-running step equals that of a model never borrowed."""
+def same_arrays(got, want):
+    """Whether two {name: array} dicts hold the same names and, to the bit, the same arrays."""
+    return sorted(got) == sorted(want) and all(np.array_equal(got[name], want[name]) for name in want)
+
+
+def test_restarted_steps_borrow_a_model_and_give_it_back():
+    """Steps of a run's model from other states (``restarted_steps``), and the model's own state
+    put back, to the bit: each step equals that of a model of its own loaded with the state, and
+    the model's next free-running step equals that of a model never borrowed."""
     start = checkpoint.Checkpoint(trajectory.initial_arrays("torch", "resnet20", 0, 10, 1),
                                   {"origin": "torch", "arch": "resnet20", "norm": "rbn"})
     (x0, y0), (x1, y1) = [(x.astype(np.float32), y)
                           for x, y in trajectory.batches(training.load_dataset("digits"), 2, 8, 0)]
     settings = trajectory.OPTIMIZERS["momentum"]
     host, untouched, own = [trajectory.start("torch", start, "resnet20", "float32", settings) for _ in range(3)]
-    other = trajectory.start("torch", trajectory.perturbed_start(start, 0, 1), "resnet20", "float32", settings)
-    for r in (host, untouched, other):  # every state with momentum buffers of its own
+    others = [trajectory.start("torch", trajectory.perturbed_start(start, 0, member), "resnet20", "float32", settings)
+              for member in (1, 2)]
+    for r in (host, untouched, *others):  # every state with momentum buffers of its own
         r.trainer.step(x0, y0, 0.02)
-    state = trajectory.snapshot(other)
-    loss, after = trajectory.restarted_step(host, state, x1, y1, 0.02)
-    own.trainer.load_state(*state)
-    assert loss == own.trainer.step(x1, y1, 0.02)
-    want = trajectory.snapshot(own)[0]
-    assert sorted(after) == sorted(want) and all(np.array_equal(after[name], want[name]) for name in want)
+    starts = [trajectory.snapshot(other) for other in others]
+    results = trajectory.restarted_steps(host, starts, x1, y1, 0.02)
+    assert len(results) == len(starts)
+    for state, (loss, after) in zip(starts, results):
+        own.trainer.load_state(*state)
+        assert loss == own.trainer.step(x1, y1, 0.02)
+        assert same_arrays(after, trajectory.snapshot(own)[0])
+    assert results[0][0] != results[1][0]  # two starts, two steps
     assert host.trainer.step(x1, y1, 0.02) == untouched.trainer.step(x1, y1, 0.02)
-    got, want = trajectory.snapshot(host), trajectory.snapshot(untouched)
-    for mine, theirs in zip(got, want):
-        assert sorted(mine) == sorted(theirs) and all(np.array_equal(mine[name], theirs[name]) for name in theirs)
+    for mine, theirs in zip(trajectory.snapshot(host), trajectory.snapshot(untouched)):
+        assert same_arrays(mine, theirs)
 
 
 def planted(monkeypatch, framework, **overrides):
