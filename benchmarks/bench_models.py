@@ -11,6 +11,7 @@ reported (the frameworks' CPU allocators keep no peak figure of their own).
 
     python benchmarks/bench_models.py --framework torch --arch resnet50 [--batch 8 --size 112]
     python benchmarks/bench_models.py --framework mindspore --mode graph    # ms.jit on the step
+    python benchmarks/bench_models.py --framework mindspore --launch-blocking  # PyNative, ops run synchronously
     python benchmarks/bench_models.py --framework jittor --arch resnet18 --size 64
 """
 
@@ -113,8 +114,17 @@ def peak_memory(args, norm):
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
-def child(args):
+def prepare(args):
+    """Import the framework in the safe order and apply ``--launch-blocking``."""
     frameworks.prepare_import(args.framework)
+    if args.launch_blocking:
+        import mindspore
+
+        mindspore.runtime.launch_blocking()
+
+
+def child(args):
+    prepare(args)
     step = make_step(args, batchnorm=args.child == "bn")
     for _ in range(args.memory_steps):
         step()
@@ -144,15 +154,20 @@ def main():
     parser.add_argument("--warmup", type=int, help="untimed interleaved rounds; default 3, MindSpore Graph mode 20 "
                         "(a fresh ms.jit step with RBN's kernel inlined ran 1.5-4x slower for its first ~15 calls)")
     parser.add_argument("--repeats", type=int, default=9, help="timed interleaved rounds")
+    parser.add_argument("--launch-blocking", action="store_true",
+                        help="MindSpore only: mindspore.runtime.launch_blocking() first, for both networks (in "
+                        "PyNative on CPU RBN's step then waits on no asynchronous queue, docs/mindspore.md)")
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--child", choices=("rbn", "bn"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.launch_blocking and args.framework != "mindspore":
+        parser.error(f"--launch-blocking is a MindSpore setting (got --framework {args.framework})")
     if args.warmup is None:
         args.warmup = 20 if args.framework == "mindspore" and args.mode == "graph" else 3
     if args.child:
         return child(args)
-    frameworks.prepare_import(args.framework)
+    prepare(args)
     steps = {"rbn": make_step(args, batchnorm=False), "bn": make_step(args, batchnorm=True)}
     for _ in range(args.warmup):
         for step in steps.values():
@@ -163,7 +178,8 @@ def main():
         for name in order:
             times[name].append(timed(steps[name]))
     ratios = [rbn / bn for rbn, bn in zip(times["rbn"], times["bn"])]
-    label = f"{args.framework}{' ' + args.mode if args.framework == 'mindspore' else ''} {args.arch}, " \
+    mode = f" {args.mode}{' launch_blocking' if args.launch_blocking else ''}" if args.framework == "mindspore" else ""
+    label = f"{args.framework}{mode} {args.arch}, " \
             f"batch {args.batch} at {args.size}x{args.size}"
     print(f"{label}: step rbn {statistics.median(times['rbn']) * 1e3:.1f} ms, "
           f"bn {statistics.median(times['bn']) * 1e3:.1f} ms; rbn / bn median {statistics.median(ratios):.3f}x "

@@ -203,6 +203,11 @@ _DOCSTRING = r"""
             BatchNorm, one value per channel in training gives `beta` and a NaN moving variance; an
             empty batch gives an empty output and leaves the moving statistics as they are.)
 
+    Note:
+        To train in PyNative mode on CPU, call ``mindspore.runtime.launch_blocking()`` once before
+        building the network: with PyNative's asynchronous queue each layer waits for it twice a
+        step (1.5-1.7x BatchNorm's step on a ResNet; 1.01-1.08x without the queue, docs/mindspore.md).
+
     Supported Platforms:
         ``CPU`` (tested: fused kernels, or the BatchNorm-primitive path) ``GPU`` ``Ascend``
         (the BatchNorm-primitive path; untested)
