@@ -262,10 +262,9 @@ def run(arch="resnet20", names=("torch", "mindspore", "jittor"), steps=50, dtype
     state set aside, and it takes that one step; its gap to the reference after the step is the
     step's restarted gap. Its own state is then put back for its free-running step. Free-running
     float32 training is chaotic (see the tolerances), a restarted step carries one step's rounding
-    only. Its bound scales with the step's 1-step noise: the worst
-    restarted gap of the first framework in the other dtype, from the same state and from
-    ``TRAJECTORY_NOISE_PERTURBED`` copies of it moved one ulp. Float64 runs are judged by their
-    free-running gaps.
+    only. Its bound scales with the step's 1-step noise: the worst restarted gap of the first
+    framework in the other dtype, from the same state and from ``TRAJECTORY_NOISE_PERTURBED``
+    copies of it moved one ulp. Float64 runs are judged by their free-running gaps.
 
     The batches are ``rbn train``'s: the digits dataset (8x8 grey images of 10 digits) in its
     seeded order. ``report(step, trajectory)`` is called after every step.
