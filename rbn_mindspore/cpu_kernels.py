@@ -2,7 +2,8 @@
 
 MindSpore's CPU backend has no fused per-instance passes: with its BatchNorm primitive the
 channel path costs ~1.5x ``nn.BatchNorm2d`` at small batch sizes. These four kernels make it
-BatchNorm's memory traffic (see ``cpu_kernels.cc``). They are compiled once per machine with the
+BatchNorm's memory traffic (see ``cpu_kernels.cc``), and the layer kernels (:meth:`InstanceKernels.layer`)
+do a whole layer of one process in one call each way. They are compiled once per machine with the
 C++ compiler (``$CXX``, else ``g++``, which Jittor needs as well) into
 ``$RBN_CACHE_DIR`` (default ``~/.cache/rbn``) and loaded by MindSpore (``func_type="aot"``).
 
@@ -105,6 +106,23 @@ def _two_first_dtypes(x_dtype, *_):
     return x_dtype, x_dtype
 
 
+def _layer_outputs(x_shape, *_):
+    rows, channels = (x_shape[0] * x_shape[1],), (x_shape[1],)
+    return x_shape, rows, rows, channels, channels
+
+
+def _layer_gradients(x_shape, *_):
+    return (x_shape,) + ((x_shape[1],),) * 7
+
+
+def _layer_output_dtypes(x_dtype, *_):
+    return (x_dtype,) * 5
+
+
+def _layer_gradient_dtypes(x_dtype, *_):
+    return (x_dtype,) * 8
+
+
 class InstanceKernels:
     r"""The four passes over (rows, cols) = (instances, spatial values) as ``ops.Custom`` ops;
     vectors are (rows,).
@@ -123,6 +141,8 @@ class InstanceKernels:
     Outputs:
         Tensors of shape :math:`(rows,)` (moments, sums) or :math:`(rows, cols)` (affine, combine).
 
+    :meth:`layer` gives the whole layer's two kernels.
+
     Supported Platforms:
         ``CPU``
 
@@ -137,13 +157,43 @@ class InstanceKernels:
     """
 
     def __init__(self, library):
-        def custom(name, out_shape, out_dtype):
-            return ops.Custom(f"{library}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+        self.library = library
+        self.moments = self._custom("RbnInstanceMoments", _two_vectors, _two_first_dtypes)
+        self.affine = self._custom("RbnInstanceAffine", _like_first, _first_dtype)
+        self.sums = self._custom("RbnInstanceSums", _two_vectors, _two_first_dtypes)
+        self.combine = self._custom("RbnInstanceCombine", _like_first, _first_dtype)
+        self._layers = {}
 
-        self.moments = custom("RbnInstanceMoments", _two_vectors, _two_first_dtypes)
-        self.affine = custom("RbnInstanceAffine", _like_first, _first_dtype)
-        self.sums = custom("RbnInstanceSums", _two_vectors, _two_first_dtypes)
-        self.combine = custom("RbnInstanceCombine", _like_first, _first_dtype)
+    def _custom(self, name, out_shape, out_dtype):
+        return ops.Custom(f"{self.library}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+
+    def layer(self, centering_stat, scaling_stat, batch_statistics):
+        r"""The forward and backward kernels of Eq. 12's channel path for one process, x viewed as
+        :math:`(N, C, S)`: one call each way, the (N, C) algebra in float64 between the passes.
+
+        ``forward(x, weight, bias, center_weight, scale_weight, scale_bias, running_mean,
+        running_var, eps) -> (y, mean, var, batch_mean, batch_var)``: the seven vectors
+        :math:`(C,)` (neutral values where a part is off: :math:`w_m = 0`, :math:`\gamma = 1`,
+        :math:`\beta = 0`), `eps` :math:`(1,)`; `mean`, `var` the instances' moments
+        :math:`(N C,)`; the batch (or, without `batch_statistics`, the running) mean and biased
+        variance :math:`(C,)`. Every tensor in x's dtype, float32 or float64.
+        ``backward(x, dy, mean, var, <the seven vectors>, eps) -> (dx, <their seven gradients>)``.
+
+        Args:
+            centering_stat (str): :math:`K_m`, ``"mu_c"`` or ``"sigma_c"``.
+            scaling_stat (str): :math:`K_s`, ``"mu_c"`` or ``"sigma_c"``; None: no scaling
+                calibration.
+            batch_statistics (bool): batch statistics (training) or the running ones.
+
+        Returns:
+            tuple(ops.Custom, ops.Custom), made once per choice.
+        """
+        key = (centering_stat, scaling_stat, batch_statistics)
+        if key not in self._layers:
+            suffix = f"{centering_stat}_{scaling_stat or 'none'}_{'batch' if batch_statistics else 'running'}"
+            self._layers[key] = (self._custom(f"RbnLayerForward_{suffix}", _layer_outputs, _layer_output_dtypes),
+                                 self._custom(f"RbnLayerBackward_{suffix}", _layer_gradients, _layer_gradient_dtypes))
+        return self._layers[key]
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,11 +6,12 @@ Two paths compute the same Eq. 12:
   instance (n, c) every step is affine in X, so ``Y = A[n,c] * (X - mean[n,c]) + B[n,c]`` with
   ``mean`` the instance mean of X (:func:`_channel_coefficients`). One moments pass and one
   affine pass forward, one pass of two sums and one ``p * dY + q * (X - mean) + r`` pass
-  backward, written by hand in a Cell ``bprop`` (:class:`_ChannelStatisticsKernel`). The
-  (N, C)-sized coefficient math in between goes through MindSpore's autodiff
-  (``GradOperation``), so that it is written once. The passes are fused CPU kernels
-  (:mod:`rbn_mindspore.cpu_kernels`) where they can be compiled, else MindSpore's BatchNorm
-  primitive over an instance view of X.
+  backward, written by hand in a Cell ``bprop`` (:class:`_ChannelStatisticsKernel`). On CPU in
+  one process each way is one fused kernel call with the (N, C)-sized coefficient math inside,
+  in float64 (:class:`_LayerKernel`, :mod:`rbn_mindspore.cpu_kernels`). Otherwise that math is
+  MindSpore ops differentiated by MindSpore (``GradOperation``) between passes that are fused CPU
+  kernels (synchronized statistics, whose ``AllReduce`` sits between them) or, without a
+  compiler or off CPU, MindSpore's BatchNorm primitive over an instance view of X.
 - any other statistic (``mu_s``/``sigma_s``): Eq. 12 step by step, differentiated by MindSpore.
 
 Argument groups travel as plain tuples in the field order of ``rbn_reference.Parameters``
@@ -278,7 +279,8 @@ def _channel_path(x, params, running_mean, running_var, training, options, group
                      _or_neutral(scale_weight, 0, x), _or_neutral(scale_bias, 0, x),
                      _or_neutral(running_mean, 0, x), _or_neutral(running_var, 1, x))
     # the all-reduced number of instances, as a number of values per channel
-    return outputs[0], outputs[1], outputs[2], outputs[3] * (x.size // (x.shape[0] * x.shape[1]))
+    count = None if group is None else outputs[3] * (x.size // (x.shape[0] * x.shape[1]))
+    return outputs[0], outputs[1], outputs[2], count
 
 
 def _instance_moments(x, eps, bn_train):
@@ -421,6 +423,11 @@ def _or_neutral(vector, fill, x):
     return ops.depend(ops.ones(shape, x.dtype) if fill else ops.zeros(shape, x.dtype), x)
 
 
+def _as_rows(x):
+    """View (N, C, *spatial) as (N, C, S)."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
 def _as_instances(x):
     """View (N, C, *spatial) as (1, N*C, S, 1): BatchNorm's channels become the instances."""
     return x.reshape(1, x.shape[0] * x.shape[1], -1, 1)
@@ -445,13 +452,17 @@ def _channel_statistics_kernel(eps, centering_stat, scaling_stat, scaling, batch
                                empty_shard=False):
     """One kernel Cell per configuration (a Cell ``bprop`` cannot take Python flags as inputs).
 
-    The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`), else
+    The fused CPU kernels when they are available (see :mod:`rbn_mindspore.cpu_kernels`): the
+    whole-layer ones for one process, the passes with the (N, C) algebra between them in
+    MindSpore ops for synchronized statistics (whose ``AllReduce`` sits between the two); else
     MindSpore's BatchNorm primitive.
     """
     instance_kernels = cpu_kernels.instance_kernels()
     if instance_kernels is None:
         return _PrimitiveChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group,
                                        empty_shard)
+    if group is None:
+        return _LayerKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels)
     return _FusedChannelKernel(eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard,
                                instance_kernels)
 
@@ -539,10 +550,45 @@ class _ChannelStatisticsKernel(nn.Cell):
                                            running_var))
 
 
+class _LayerKernel(nn.Cell):
+    """The channel path of one process in one fused CPU call each way (``cpu_kernels.cc``'s
+    ``RbnLayerForward_*`` and ``RbnLayerBackward_*``): the moments pass, the (N, C) algebra in
+    float64 and the affine pass forward; the two-sum pass, the algebra's backward and the
+    ``p * dY + q * (X - mean) + r`` pass backward (the formulas of :class:`_ChannelStatisticsKernel`).
+
+    Inputs as :class:`_ChannelStatisticsKernel`'s; outputs ``(y, batch_mean, batch_var, mean,
+    var)``, the per-instance moments for ``bprop``. No ``ms.jit``: a Graph-mode network
+    compiles two nodes per layer (at BatchNorm's peak memory, where the passes with MindSpore ops
+    between them held ~35% more on resnet18), and PyNative compiles nothing per input shape.
+    """
+
+    def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, instance_kernels):
+        super().__init__()
+        self.forward, self.backward = instance_kernels.layer(centering_stat, scaling_stat if scaling else None,
+                                                             batch_statistics)
+        # eps in the input's dtype, as every tensor of the kernels (see cpu_kernels.cc)
+        self.eps32, self.eps64 = Tensor([eps], mstype.float32), Tensor([eps], mstype.float64)
+
+    def construct(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var):
+        eps = self.eps64 if x.dtype == mstype.float64 else self.eps32
+        y, mean, var, batch_mean, batch_var = self.forward(
+            _as_rows(x), weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, eps)
+        return y.reshape(x.shape), batch_mean, batch_var, mean, var
+
+    def bprop(self, x, weight, bias, center_weight, scale_weight, scale_bias, running_mean, running_var, out, dout):
+        eps = self.eps64 if x.dtype == mstype.float64 else self.eps32
+        grads = self.backward(_as_rows(x), _as_rows(dout[0]), out[3], out[4], weight, bias, center_weight,
+                              scale_weight, scale_bias, running_mean, running_var, eps)
+        return (grads[0].reshape(x.shape),) + grads[1:]
+
+
 class _FusedChannelKernel(_ChannelStatisticsKernel):
     """The channel path on the fused CPU kernels over the (N*C, S) view of X: a moments pass and
     an affine pass forward, one two-sum pass and one ``p * dY + q * (X - mean) + r`` pass
-    backward. Nothing but the instance moments is saved: the kernels take X and the means."""
+    backward. Nothing but the instance moments is saved: the kernels take X and the means.
+
+    The (N, C) math between the passes runs in X's dtype (MindSpore's ``AllReduce`` takes no
+    float64), not in float64 as in :class:`_LayerKernel`."""
 
     def __init__(self, eps, centering_stat, scaling_stat, scaling, batch_statistics, group, empty_shard,
                  instance_kernels):

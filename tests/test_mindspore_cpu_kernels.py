@@ -1,10 +1,12 @@
 """rbn_mindspore's fused CPU kernels (cpu_kernels.cc through ops.Custom) and the fallback to
-MindSpore's BatchNorm primitive: each pass against NumPy, the build cache, the fallback's
-parity with the oracle in PyNative and Graph mode.
+MindSpore's BatchNorm primitive: each pass against NumPy, the choice of the whole-layer kernels
+and their eps, the build cache, the fallback's parity with the oracle in PyNative and Graph mode.
 
-The main parity grid (test_mindspore.py, test_mindspore_graph.py) runs on the kernels.
+The main parity grid (test_mindspore.py, test_mindspore_graph.py) runs on the whole-layer
+kernels; the synchronized tests (test_mindspore_sync.py) on the split ones.
 """
 
+import itertools
 import os
 import stat
 
@@ -94,8 +96,26 @@ def test_kernel_refuses_what_it_cannot_read():
 
 
 def test_layer_uses_the_kernels_on_cpu():
-    kernel = functional._channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True)
-    assert isinstance(kernel, functional._FusedChannelKernel)
+    """One process: the whole-layer kernels, in every choice of statistics (the parity grid then
+    runs on them); a communication group: the passes, with the AllReduce between them."""
+    for centering, scaling, scaling_on, training in itertools.product(CHANNEL_STATISTICS, CHANNEL_STATISTICS,
+                                                                      (True, False), (True, False)):
+        kernel = functional._channel_statistics_kernel(1e-5, centering, scaling, scaling_on, training)
+        assert isinstance(kernel, functional._LayerKernel)
+    assert isinstance(functional._channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True, "a group"),
+                      functional._FusedChannelKernel)
+
+
+
+@pytest.mark.parametrize("mode", parity.MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("statistic", CHANNEL_STATISTICS)
+def test_layer_kernels_take_eps_where_it_matters(statistic, dtype, mode):
+    """eps travels to the whole-layer kernels as a tensor in the input's dtype: with eps 0.5 against
+    instance variances ~0.01, a misread eps is far outside the tolerance (the grid's 1e-5 is not)."""
+    case = parity.Case(f"2d-{statistic}-{statistic}-eps", (3, 4, 5, 4), statistic, statistic, eps=0.5,
+                       scale_factor=0.2)
+    parity.assert_checks(parity.check_case(run_module, case, dtype, mode == "train"))
 
 
 # ----------------------------------------------------------------------------- building

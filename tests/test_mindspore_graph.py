@@ -13,7 +13,8 @@ from rbn_reference import parity  # noqa: E402
 from test_mindspore import assert_close, random_layer  # noqa: E402
 
 from rbn_mindspore import RepresentativeBatchNorm2d  # noqa: E402
-from rbn_mindspore.functional import _channel_statistics_kernel  # noqa: E402
+from rbn_mindspore import cpu_kernels  # noqa: E402
+from rbn_mindspore.functional import _channel_statistics_kernel, _LayerKernel  # noqa: E402
 from rbn_mindspore.parity import run_module  # noqa: E402
 
 
@@ -44,27 +45,41 @@ def test_bad_input_raises_at_compile_time(layer, shape, message):
     assert str(error.value).splitlines()[0] == repr(message)
 
 
-def test_layers_share_the_kernel_subgraph_not_their_values():
-    """The channel kernel's two compiled functions are subgraphs that every layer of a Graph-mode
-    network calls (``ms.no_inline`` on their ``ms.jit`` wrappers, which the graph parser reads; not
-    on the functions, which PyNative's top-level compile reads, see ``_ChannelStatisticsKernel._compile``).
-    Three layers of one shape in one graph keep their own parameters, outputs and gradients: the
-    same as the layers run one op at a time in PyNative."""
-    kernel = _channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True)
-    assert kernel.forward.no_inline and kernel.backward.no_inline
-    assert not hasattr(kernel.forward.__wrapped__, "no_inline")
-    x = Tensor(np.random.default_rng(3).standard_normal((4, 3, 5, 5)).astype(np.float32) + 4)
-    results = []
-    for mode in (ms.GRAPH_MODE, ms.PYNATIVE_MODE):
-        ms.set_context(mode=mode)
-        net = nn.SequentialCell([random_layer(RepresentativeBatchNorm2d(3), seed) for seed in range(3)]).set_train()
-        weights = net.trainable_params()
+@pytest.mark.parametrize("kernels", ["layer", "primitive"])
+def test_layers_share_the_kernel_not_their_values(kernels, monkeypatch):
+    """Three layers of one shape in one Graph-mode network keep their own parameters, outputs and
+    gradients: the same as the layers run one op at a time in PyNative. On the whole-layer CPU
+    kernels (two Custom nodes a layer) and on the split kernels (here the BatchNorm-primitive
+    ones; the fused passes take the same route under synchronized statistics), whose two compiled
+    functions are subgraphs that every layer calls (``ms.no_inline`` on their ``ms.jit`` wrappers,
+    which the graph parser reads; not on the functions, which PyNative's top-level compile reads,
+    see ``_ChannelStatisticsKernel._compile``)."""
+    if kernels == "primitive":
+        monkeypatch.setenv(cpu_kernels.ENVIRONMENT_SWITCH, "0")
+    cpu_kernels.instance_kernels.cache_clear()
+    _channel_statistics_kernel.cache_clear()
+    try:
+        kernel = _channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True)
+        if kernels == "primitive":
+            assert kernel.forward.no_inline and kernel.backward.no_inline
+            assert not hasattr(kernel.forward.__wrapped__, "no_inline")
+        else:
+            assert isinstance(kernel, _LayerKernel)
+        x = Tensor(np.random.default_rng(3).standard_normal((4, 3, 5, 5)).astype(np.float32) + 4)
+        results = []
+        for mode in (ms.GRAPH_MODE, ms.PYNATIVE_MODE):
+            ms.set_context(mode=mode)
+            net = nn.SequentialCell([random_layer(RepresentativeBatchNorm2d(3), seed) for seed in range(3)]).set_train()
+            weights = net.trainable_params()
 
-        def loss(x):
-            return (net(x) * ops.arange(x.size, dtype=x.dtype).reshape(x.shape)).sum()
+            def loss(x):
+                return (net(x) * ops.arange(x.size, dtype=x.dtype).reshape(x.shape)).sum()
 
-        step = ms.value_and_grad(loss, 0, weights)
-        value, (grad_x, grads) = (ms.jit(step) if mode == ms.GRAPH_MODE else step)(x)
-        results.append([value, grad_x, *grads, *[layer.moving_variance for layer in net]])
+            step = ms.value_and_grad(loss, 0, weights)
+            value, (grad_x, grads) = (ms.jit(step) if mode == ms.GRAPH_MODE else step)(x)
+            results.append([value, grad_x, *grads, *[layer.moving_variance for layer in net]])
+    finally:
+        cpu_kernels.instance_kernels.cache_clear()
+        _channel_statistics_kernel.cache_clear()
     for graph, pynative in zip(*results):
         assert_close(graph.asnumpy(), pynative.asnumpy().astype(np.float64), "float32")

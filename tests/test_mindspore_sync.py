@@ -36,6 +36,8 @@ from tolerances import tolerance  # noqa: E402
 from rbn_mindspore import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d,  # noqa: E402
                            SyncRepresentativeBatchNorm, canonical_parameters, load_numpy_state_dict, models,
                            state_dict_to_numpy)
+from rbn_mindspore import cpu_kernels  # noqa: E402
+from rbn_mindspore.functional import _channel_statistics_kernel  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
@@ -254,7 +256,7 @@ def test_process_groups(ranks_dir, inputs):
         assert "below the world size 2" in message and "[[0, 2]]" in message
 
 
-def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs):
+def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs, monkeypatch):
     """3 SGD steps: every rank's parameter updates and moving statistics, against the exact ones.
 
     A float32 resnet18's train-mode gradients are ill-conditioned (BatchNorm's backward at 8
@@ -262,9 +264,20 @@ def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs):
     ~1e-2 away from float64 (see ``tolerances.peer_tolerance``). So, as the zoo's SGD test does,
     the exact answer is PyTorch's float64 network with the same weights and batches, and the
     data-parallel run must be as close to it as one MindSpore process with the whole batch is.
+    The data-parallel layers compute their (N, C) algebra in float32 (MindSpore's ``AllReduce``
+    takes no float64), so the peers are both one-process paths: the whole-layer CPU kernels (that
+    algebra in float64) and the BatchNorm-primitive path (in float32, with the same MindSpore ops).
     """
     _, data, initial = inputs
-    peer = resnet_run(initial, data["images"], data["labels"], RESNET_LR)
+    peers = [resnet_run(initial, data["images"], data["labels"], RESNET_LR)]
+    monkeypatch.setenv(cpu_kernels.ENVIRONMENT_SWITCH, "0")
+    cpu_kernels.instance_kernels.cache_clear()
+    _channel_statistics_kernel.cache_clear()
+    try:
+        peers.append(resnet_run(initial, data["images"], data["labels"], RESNET_LR))
+    finally:
+        cpu_kernels.instance_kernels.cache_clear()
+        _channel_statistics_kernel.cache_clear()
     porting = checkpoint.adapter("torch")
     exact = checkpoint.build("torch", "resnet18", 10).double()
     porting.load_numpy_state_dict(exact, initial)
@@ -278,7 +291,8 @@ def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs):
     checks = []
     for rank, got in enumerate(load_ranks(ranks_dir, "resnet")):
         assert all(got[name] == RESNET_STEPS for name in got if name.endswith("num_batches_tracked"))
-        checks += checks_against_float64(f"rank {rank} update", update(got), update(exact), [update(peer)])
+        checks += checks_against_float64(f"rank {rank} update", update(got), update(exact),
+                                        [update(peer) for peer in peers])
     assert_checks(checks)
 
 
