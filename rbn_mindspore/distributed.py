@@ -61,7 +61,9 @@ class SyncRepresentativeBatchNorm(_RepresentativeBatchNorm):
             ``[0, world size)`` at most once; a process in no list, or in a list of one, computes
             locally. The groups are created (``mindspore.communication.create_group``) once per
             rank list. ``None`` synchronizes all processes. Default: ``None`` .
-        dtype (:class:`mindspore.dtype`, optional): float32 or float64. Default: ``mstype.float32`` .
+        dtype (:class:`mindspore.dtype`, optional): float32 or float64; float64 trains only where
+            the statistics are local (MindSpore's ``AllReduce`` takes no float64).
+            Default: ``mstype.float32`` .
         centering, scaling, centering_stat, scaling_stat (optional): keyword-only, as
             :class:`RepresentativeBatchNorm2d`.
 
@@ -73,7 +75,8 @@ class SyncRepresentativeBatchNorm(_RepresentativeBatchNorm):
         Tensor of the shape and dtype of `x`.
 
     Raises:
-        TypeError: If `process_groups` is not a list of lists of ints.
+        TypeError: If `process_groups` is not a list of lists of ints, or a float64 layer trains
+            with synchronized statistics.
         ValueError: If a rank id in `process_groups` is negative, repeated, or not below the
             world size.
         RuntimeError: If `process_groups` is given without an initialised communication

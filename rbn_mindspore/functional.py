@@ -103,7 +103,8 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
 
     Raises:
         TypeError: If `input` is not a float tensor, or a vector's dtype is not the computing
-            dtype (the input's, float32 for a float16/bfloat16 input).
+            dtype (the input's, float32 for a float16/bfloat16 input), or `input` is float64 with
+            a `group` in training (MindSpore's ``AllReduce`` takes no float64).
         ValueError: If a statistic name is unknown, the rank is not 2 to 5, a vector is not
             :math:`(C,)`, a pair is given half, or `training` is ``False`` without running
             statistics. (One value per channel in training is accepted, as by MindSpore's
@@ -129,6 +130,9 @@ def representative_batch_norm(input, running_mean, running_var, weight=None, bia
     _check_arguments(input, running_mean, running_var, weight, bias, center_weight, scale_weight, scale_bias,
                      training, momentum, centering_stat, scaling_stat, num_batches_tracked)
     group = group if training else None
+    if group is not None and input.dtype == mstype.float64:
+        raise TypeError(f"synchronized statistics (group {group!r}) need float32 input, or float16/bfloat16: "
+                        f"MindSpore's AllReduce takes no float64 (got {input.dtype} input)")
     empty_shard = input.shape[0] == 0
     if empty_shard and group is None:
         # F.batch_norm's answer: an empty output, statistics untouched. (MindSpore's BatchNorm

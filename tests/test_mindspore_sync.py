@@ -37,7 +37,7 @@ from rbn_mindspore import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d,
                            SyncRepresentativeBatchNorm, canonical_parameters, load_numpy_state_dict, models,
                            state_dict_to_numpy)
 from rbn_mindspore import cpu_kernels  # noqa: E402
-from rbn_mindspore.functional import _channel_statistics_kernel  # noqa: E402
+from rbn_mindspore.functional import _channel_statistics_kernel, representative_batch_norm  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
@@ -300,6 +300,18 @@ def test_one_process_is_the_local_layer():
     x = Tensor(np.random.default_rng(1).standard_normal((4, 3, 2, 2)).astype(np.float32))
     sync, local = SyncRepresentativeBatchNorm(3).set_train(), RepresentativeBatchNorm2d(3).set_train()
     assert np.array_equal(sync(x).asnumpy(), local(x).asnumpy())
+
+
+def test_float64_synchronized_statistics_are_refused():
+    """MindSpore's AllReduce takes no float64: a clear error before any collective, not a compile
+    failure on every process; local statistics (evaluation, no group) still take float64."""
+    x = Tensor(np.random.default_rng(2).standard_normal((2, 3, 2, 2)))
+    running_mean, running_var = (ms.Parameter(Tensor(np.full(3, fill)), requires_grad=False) for fill in (0.0, 1.0))
+    with pytest.raises(TypeError, match=r"group 'a group'\) need float32 input.*AllReduce takes no float64 "
+                                        r"\(got Float64 input\)"):
+        representative_batch_norm(x, running_mean, running_var, training=True, group="a group")
+    local = representative_batch_norm(x, running_mean, running_var, training=False, group="a group")
+    np.testing.assert_allclose(local.asnumpy(), x.asnumpy() / np.sqrt(1 + 1e-5), **tolerance("float64")._asdict())
 
 
 def test_process_groups_are_checked():
