@@ -15,8 +15,9 @@
 // RbnLayerForward_* and RbnLayerBackward_* are the whole layer of one process in one call each
 // way, on x viewed as (N, C, S): the passes above with the (N, C) algebra between them in double
 // (the centering calibration, the batch or running moments, the scaling gate, A and B, and their
-// backward; docs/math.md). One call each way is what keeps MindSpore's compiled graph, and its
-// peak memory, at BatchNorm's size. One symbol per choice of statistics (template arguments).
+// backward: the formulas of rbn_jittor/kernels.py's sources). One call each way is what keeps
+// MindSpore's compiled graph, and its peak memory, near BatchNorm's size. One symbol per choice
+// of statistics (template arguments).
 
 #include <cmath>
 #include <cstdint>
@@ -32,10 +33,8 @@ namespace {
 // computed by one thread either way, so the results do not depend on it.
 constexpr int64_t kParallelValues = int64_t{1} << 18;
 
-// M, V: the types of the per-row moments and of the other per-row vectors (T for the pass kernels;
-// M = T and V = double for the layer's).
-template <typename T, typename M>
-void InstanceMoments(const T *x, M *mean, M *var, int64_t rows, int64_t cols) {
+template <typename T>
+void InstanceMoments(const T *x, T *mean, T *var, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
   for (int64_t i = 0; i < rows; ++i) {
     const T *row = x + i * cols;
@@ -49,25 +48,26 @@ void InstanceMoments(const T *x, M *mean, M *var, int64_t rows, int64_t cols) {
       const double centered = row[j] - row_mean;
       squares += centered * centered;
     }
-    mean[i] = static_cast<M>(row_mean);
-    var[i] = static_cast<M>(squares / cols);
+    mean[i] = static_cast<T>(row_mean);
+    var[i] = static_cast<T>(squares / cols);
   }
 }
 
-template <typename T, typename M, typename V>
-void InstanceAffine(const T *x, const M *mean, const V *a, const V *b, T *y, int64_t rows, int64_t cols) {
+// V: the type of the per-row coefficients (T for the pass kernels, double for the layer's).
+template <typename T, typename V>
+void InstanceAffine(const T *x, const T *mean, const V *a, const V *b, T *y, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
   for (int64_t i = 0; i < rows; ++i) {
     const T *row = x + i * cols;
     T *out = y + i * cols;
-    const T m = static_cast<T>(mean[i]), scale = static_cast<T>(a[i]), shift = static_cast<T>(b[i]);
+    const T m = mean[i], scale = static_cast<T>(a[i]), shift = static_cast<T>(b[i]);
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) out[j] = scale * (row[j] - m) + shift;
   }
 }
 
-template <typename T, typename M, typename V>
-void InstanceSums(const T *dy, const T *x, const M *mean, V *sum_dy, V *sum_dy_centered, int64_t rows,
+template <typename T, typename V>
+void InstanceSums(const T *dy, const T *x, const T *mean, V *sum_dy, V *sum_dy_centered, int64_t rows,
                   int64_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
   for (int64_t i = 0; i < rows; ++i) {
@@ -85,16 +85,15 @@ void InstanceSums(const T *dy, const T *x, const M *mean, V *sum_dy, V *sum_dy_c
   }
 }
 
-template <typename T, typename M, typename V>
-void InstanceCombine(const T *dy, const T *x, const M *mean, const V *p, const V *q, const V *r, T *dx,
+template <typename T, typename V>
+void InstanceCombine(const T *dy, const T *x, const T *mean, const V *p, const V *q, const V *r, T *dx,
                      int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
   for (int64_t i = 0; i < rows; ++i) {
     const T *grad = dy + i * cols;
     const T *row = x + i * cols;
     T *out = dx + i * cols;
-    const T m = static_cast<T>(mean[i]), dy_scale = static_cast<T>(p[i]), x_scale = static_cast<T>(q[i]),
-            shift = static_cast<T>(r[i]);
+    const T m = mean[i], dy_scale = static_cast<T>(p[i]), x_scale = static_cast<T>(q[i]), shift = static_cast<T>(r[i]);
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) out[j] = dy_scale * grad[j] + x_scale * (row[j] - m) + shift;
   }

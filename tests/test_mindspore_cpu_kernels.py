@@ -6,6 +6,7 @@ The main parity grid (test_mindspore.py, test_mindspore_graph.py) runs on the wh
 kernels; the synchronized tests (test_mindspore_sync.py) on the split ones.
 """
 
+import contextlib
 import itertools
 import os
 import stat
@@ -34,20 +35,38 @@ def pynative_in_tmp_cwd(tmp_path, monkeypatch):
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
+def _forget_kernel_choice():
+    cpu_kernels.instance_kernels.cache_clear()
+    functional._channel_statistics_kernel.cache_clear()
+
+
+@contextlib.contextmanager
+def kernel_choice(primitive=False):
+    """Within the block the per-process choice of kernels is made afresh: on MindSpore's BatchNorm
+    primitive (as without a compiler) if `primitive`, else as the environment says; after it, afresh
+    again, with the environment as it was."""
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            if primitive:
+                patch.setenv(cpu_kernels.ENVIRONMENT_SWITCH, "0")
+            _forget_kernel_choice()
+            yield
+    finally:
+        _forget_kernel_choice()
+
+
 @pytest.fixture
 def fresh_kernel_choice():
     """Forget the per-process choice of kernels before and after the test."""
-    cpu_kernels.instance_kernels.cache_clear()
-    functional._channel_statistics_kernel.cache_clear()
-    yield
-    cpu_kernels.instance_kernels.cache_clear()
-    functional._channel_statistics_kernel.cache_clear()
+    with kernel_choice():
+        yield
 
 
 @pytest.fixture
-def primitive_path(fresh_kernel_choice, monkeypatch):
+def primitive_path():
     """The channel path on MindSpore's BatchNorm primitive, as without a compiler."""
-    monkeypatch.setenv(cpu_kernels.ENVIRONMENT_SWITCH, "0")
+    with kernel_choice(primitive=True):
+        yield
 
 
 def assert_close(name, got, want, dtype, offset_ratio=0.0):
@@ -104,7 +123,6 @@ def test_layer_uses_the_kernels_on_cpu():
         assert isinstance(kernel, functional._LayerKernel)
     assert isinstance(functional._channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True, "a group"),
                       functional._FusedChannelKernel)
-
 
 
 @pytest.mark.parametrize("mode", parity.MODES)

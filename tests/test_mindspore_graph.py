@@ -11,9 +11,9 @@ ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 from rbn_reference import parity  # noqa: E402
 from test_mindspore import assert_close, random_layer  # noqa: E402
+from test_mindspore_cpu_kernels import kernel_choice  # noqa: E402
 
 from rbn_mindspore import RepresentativeBatchNorm2d  # noqa: E402
-from rbn_mindspore import cpu_kernels  # noqa: E402
 from rbn_mindspore.functional import _channel_statistics_kernel, _LayerKernel  # noqa: E402
 from rbn_mindspore.parity import run_module  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_bad_input_raises_at_compile_time(layer, shape, message):
 
 
 @pytest.mark.parametrize("kernels", ["layer", "primitive"])
-def test_layers_share_the_kernel_not_their_values(kernels, monkeypatch):
+def test_layers_share_the_kernel_not_their_values(kernels):
     """Three layers of one shape in one Graph-mode network keep their own parameters, outputs and
     gradients: the same as the layers run one op at a time in PyNative. On the whole-layer CPU
     kernels (two Custom nodes a layer) and on the split kernels (here the BatchNorm-primitive
@@ -54,11 +54,7 @@ def test_layers_share_the_kernel_not_their_values(kernels, monkeypatch):
     functions are subgraphs that every layer calls (``ms.no_inline`` on their ``ms.jit`` wrappers,
     which the graph parser reads; not on the functions, which PyNative's top-level compile reads,
     see ``_ChannelStatisticsKernel._compile``)."""
-    if kernels == "primitive":
-        monkeypatch.setenv(cpu_kernels.ENVIRONMENT_SWITCH, "0")
-    cpu_kernels.instance_kernels.cache_clear()
-    _channel_statistics_kernel.cache_clear()
-    try:
+    with kernel_choice(primitive=kernels == "primitive"):
         kernel = _channel_statistics_kernel(1e-5, "mu_c", "mu_c", True, True)
         if kernels == "primitive":
             assert kernel.forward.no_inline and kernel.backward.no_inline
@@ -78,8 +74,5 @@ def test_layers_share_the_kernel_not_their_values(kernels, monkeypatch):
             step = ms.value_and_grad(loss, 0, weights)
             value, (grad_x, grads) = (ms.jit(step) if mode == ms.GRAPH_MODE else step)(x)
             results.append([value, grad_x, *grads, *[layer.moving_variance for layer in net]])
-    finally:
-        cpu_kernels.instance_kernels.cache_clear()
-        _channel_statistics_kernel.cache_clear()
     for graph, pynative in zip(*results):
         assert_close(graph.asnumpy(), pynative.asnumpy().astype(np.float64), "float32")

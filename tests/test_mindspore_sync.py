@@ -30,14 +30,14 @@ from mindspore import Tensor, nn  # noqa: E402
 from rbn import checkpoint  # noqa: E402
 from rbn_reference import parity  # noqa: E402
 from rbn_reference.parity import assert_checks  # noqa: E402
+from test_mindspore_cpu_kernels import kernel_choice  # noqa: E402
 from test_models_parity import checks_against_float64  # noqa: E402
 from tolerances import tolerance  # noqa: E402
 
 from rbn_mindspore import (RepresentativeBatchNorm1d, RepresentativeBatchNorm2d,  # noqa: E402
                            SyncRepresentativeBatchNorm, canonical_parameters, load_numpy_state_dict, models,
                            state_dict_to_numpy)
-from rbn_mindspore import cpu_kernels  # noqa: E402
-from rbn_mindspore.functional import _channel_statistics_kernel, representative_batch_norm  # noqa: E402
+from rbn_mindspore.functional import representative_batch_norm  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
@@ -256,7 +256,7 @@ def test_process_groups(ranks_dir, inputs):
         assert "below the world size 2" in message and "[[0, 2]]" in message
 
 
-def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs, monkeypatch):
+def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs):
     """3 SGD steps: every rank's parameter updates and moving statistics, against the exact ones.
 
     A float32 resnet18's train-mode gradients are ill-conditioned (BatchNorm's backward at 8
@@ -270,14 +270,8 @@ def test_data_parallel_resnet18_equals_one_process(ranks_dir, inputs, monkeypatc
     """
     _, data, initial = inputs
     peers = [resnet_run(initial, data["images"], data["labels"], RESNET_LR)]
-    monkeypatch.setenv(cpu_kernels.ENVIRONMENT_SWITCH, "0")
-    cpu_kernels.instance_kernels.cache_clear()
-    _channel_statistics_kernel.cache_clear()
-    try:
+    with kernel_choice(primitive=True):
         peers.append(resnet_run(initial, data["images"], data["labels"], RESNET_LR))
-    finally:
-        cpu_kernels.instance_kernels.cache_clear()
-        _channel_statistics_kernel.cache_clear()
     porting = checkpoint.adapter("torch")
     exact = checkpoint.build("torch", "resnet18", 10).double()
     porting.load_numpy_state_dict(exact, initial)
